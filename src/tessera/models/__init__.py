@@ -1,0 +1,18 @@
+"""Models: the ViT encoder, MAE, contrastive/siamese methods, and the registry of named factories."""
+
+from tessera.models.embed import embed, encoder_of
+from tessera.models.mae import MaskedAutoencoderViT
+from tessera.models.registry import build, config_of, from_checkpoint, names, register
+from tessera.models.vit import ViTEncoder
+
+__all__ = [
+    "MaskedAutoencoderViT",
+    "ViTEncoder",
+    "build",
+    "config_of",
+    "embed",
+    "encoder_of",
+    "from_checkpoint",
+    "names",
+    "register",
+]
