@@ -1,0 +1,136 @@
+"""Regenerate the README's command-line and configuration references from the code.
+
+    .venv/bin/python docs/reference.py          # rewrite README.md between its markers
+    .venv/bin/python docs/reference.py --check  # exit 1 if README.md is stale (a test runs this)
+
+The command reference walks the typer app; the configuration reference reads every step's
+``Config`` dataclass (the comment beside each field is its meaning) and the values of the active
+``params.yaml`` and its presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+# params.yaml section -> the Config dataclass that reads it.
+SECTIONS: dict[str, str] = {}
+
+
+def _section_classes() -> dict[str, type]:
+    out = {}
+    for section, target in SECTIONS.items():
+        module, _, name = target.partition(":")
+        out[section] = getattr(importlib.import_module(module), name)
+    return out
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """``name: type = default  # meaning`` -> {name: meaning}; a comment line above a field counts too."""
+    comments: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("# ").strip())
+            continue
+        m = re.match(r"^(\w+)\s*:[^#]*?(?:#\s*(.*))?$", stripped)
+        if m and not stripped.startswith(("def ", "@", '"""')):
+            comments[m.group(1)] = (m.group(2) or " ".join(pending)).strip()
+        pending = []
+    return comments
+
+
+def _fmt(value: Any) -> str:
+    if value is dataclasses.MISSING:
+        return ""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return f"`{text}`".replace("|", "\\|")
+
+
+def config_reference() -> str:
+    from tessera.config import load_params
+
+    presets = {p: load_params(ROOT / "params.yaml", preset=p) for p in ("demo", "cpu", "gpu")}
+    lines = [
+        "Each section is read by one step into a typed `Config`; an unknown key is an error that names it.",
+        "`demo` is `params.yaml` itself; `cpu` and `gpu` overlay `params.cpu.yaml` / `params.gpu.yaml`",
+        "(`--preset cpu` on any command, or `dvc exp run -S preset=cpu`). Top-level `preset` names the",
+        "overlay the DVC stages use.",
+        "",
+    ]
+    for section, cls in _section_classes().items():
+        lines += [f"### `{section}`", "", "| key | demo | cpu | gpu | meaning |", "|---|---|---|---|---|"]
+        comments = field_comments(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+            )
+            vals = [_fmt(presets[p].get(section, {}).get(f.name, default)) for p in ("demo", "cpu", "gpu")]
+            lines.append(f"| `{f.name}` | {' | '.join(vals)} | {comments.get(f.name, '')} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def cli_reference() -> str:
+    import typer.main
+
+    from components.cli import app
+
+    root = typer.main.get_command(app)
+    lines: list[str] = []
+
+    def walk(cmd: Any, path: list[str]) -> None:
+        if hasattr(cmd, "commands"):  # a group (typer vendors its own click)
+            for name in sorted(cmd.commands):
+                walk(cmd.commands[name], [*path, name])
+            return
+        args = [p.name.upper() for p in cmd.params if p.param_type_name == "argument"]
+        usage = " ".join(["[OPTIONS]", *args])
+        summary = (cmd.help or "").strip().splitlines()[0] if cmd.help else ""
+        lines.append(f"- `tessera {' '.join(path)} {usage}`: {summary}")
+        for param in cmd.params:
+            if param.param_type_name == "option" and param.name != "help":
+                help_text = (param.help or "").replace("\n", " ")
+                lines.append(f"  - `{'/'.join(param.opts)}`: {help_text}")
+
+    walk(root, [])
+    return "Every command takes `--help`. Generated from the code by `docs/reference.py`.\n\n" + "\n".join(
+        lines
+    ) + "\n"
+
+
+def render(text: str) -> str:
+    blocks = {"CLI-REFERENCE": cli_reference(), "CONFIG-REFERENCE": config_reference()}
+    for marker, body in blocks.items():
+        pattern = re.compile(
+            rf"<!-- {marker} -->.*?(?:<!-- /{marker} -->|$)" if f"<!-- /{marker} -->" in text
+            else rf"<!-- {marker} -->", re.S
+        )
+        text = pattern.sub(lambda _m, m=marker, b=body: f"<!-- {m} -->\n{b}<!-- /{m} -->", text, count=1)
+    return text
+
+
+def main(argv: list[str]) -> int:
+    sys.path.insert(0, str(ROOT))
+    current = README.read_text()
+    new = render(current)
+    if "--check" in argv:
+        if new != current:
+            print("README.md is stale: run `.venv/bin/python docs/reference.py`")
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

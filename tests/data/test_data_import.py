@@ -1,0 +1,203 @@
+"""Bring your own data: the image guard and `tessera data import` with one file of every bad kind."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from components.data import app
+from tessera.data.folder import load_split, load_unlabeled
+from tessera.data.images import open_image
+from tessera.data.importer import import_folder
+from tessera.errors import DataError, ImageError
+
+
+def _png(mode: str, size: tuple[int, int] = (40, 30), seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    if mode == "I;16":
+        im = Image.fromarray(rng.integers(0, 65535, size[::-1], dtype=np.uint16))
+    elif mode == "P":
+        im = Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).convert("P")
+    else:
+        im = Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _bomb() -> bytes:
+    """A valid PNG header declaring 60,000 x 60,000 pixels, with almost no data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+BAD = {  # file -> a word its rejection reason must contain
+    "cat/truncated.jpg": "truncated",
+    "cat/garbage.png": "not an image",
+    "cat/notes.txt": "not an image",
+    "cat/empty.jpg": "0 bytes",
+    "cat/bomb.png": "too large",
+    "dog/folder.png": "directory",
+    "dog/pipe.png": "not a regular file",
+}
+GOOD = {
+    "cat/rgb.png": "RGB", "cat/grey.png": "L", "cat/palette.png": "P", "cat/alpha.png": "RGBA",
+    "cat/deep.png": "I;16", "cat/photo.jpg": "jpeg",
+    "dog/a.png": "RGB", "dog/b.png": "LA", "dog/c.jpg": "jpeg", "dog/d.png": "RGB", "dog/e.png": "RGB",
+}
+
+
+def make_source(root: Path) -> Path:
+    src = root / "src"
+    for rel, mode in GOOD.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(_jpeg(len(rel)) if mode == "jpeg" else _png(mode, seed=len(rel)))
+    (src / "cat/truncated.jpg").write_bytes(_jpeg(1)[: len(_jpeg(1)) * 2 // 3])
+    (src / "cat/garbage.png").write_bytes(os.urandom(300))
+    (src / "cat/notes.txt").write_text("not a picture")
+    (src / "cat/empty.jpg").write_bytes(b"")
+    (src / "cat/bomb.png").write_bytes(_bomb())
+    (src / "dog/folder.png").mkdir()
+    os.mkfifo(src / "dog/pipe.png")
+    return src
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Mode, mtime and sha256 (regular files only: a FIFO is never opened) of everything under root."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = os.lstat(p)
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if stat.S_ISREG(st.st_mode) else ""
+        out[p.relative_to(root).as_posix()] = (st.st_mode, st.st_mtime_ns, digest)
+    return out
+
+
+def test_open_image_reasons_and_conversions(tmp_path: Path) -> None:
+    for mode in ("RGB", "L", "P", "RGBA", "LA", "I;16"):
+        im = open_image(_png(mode))
+        assert im.mode == "RGB" and im.size == (40, 30)
+    deep = np.asarray(open_image(_png("I;16")))
+    assert 100 < deep.mean() < 160  # 16-bit values are scaled, not clipped to white
+    with pytest.raises(ImageError, match="truncated"):
+        open_image(_jpeg()[:400])  # cut inside the header
+    with pytest.raises(ImageError, match="truncated"):
+        open_image(_jpeg()[: len(_jpeg()) * 2 // 3])  # cut inside the pixel data
+    with pytest.raises(ImageError, match="not an image"):
+        open_image(b"hello world")
+    with pytest.raises(ImageError, match="0 bytes"):
+        open_image(b"")
+    with pytest.raises(ImageError, match="too large"):
+        open_image(_bomb())
+    with pytest.raises(ImageError, match="too large"):
+        open_image(_png("RGB", (100, 100)), max_pixels=50 * 50)
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(ImageError, match="directory"):
+        open_image(tmp_path / "d.png")
+    os.mkfifo(tmp_path / "f.png")
+    with pytest.raises(ImageError, match="not a regular file"):
+        open_image(tmp_path / "f.png")
+
+
+def test_import_rejects_every_bad_kind_and_keeps_the_source(tmp_path: Path) -> None:
+    src = make_source(tmp_path)
+    before = snapshot(src)
+    result = import_folder(src, tmp_path / "data" / "mine", size=32, seed=0)
+    assert snapshot(src) == before  # the source is never modified
+    reasons = {r["file"]: r["reason"] for r in result.rejected}
+    assert set(reasons) == set(BAD)
+    for rel, word in BAD.items():
+        assert word in reasons[rel], (rel, reasons[rel])
+    assert result.imported == len(GOOD)
+    out = tmp_path / "data" / "mine"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["import"]["origin"].values()) == sorted(GOOD)
+    assert manifest["classes"] == ["cat", "dog"]
+    report = json.loads((out / "import_report.json").read_text())
+    assert {r["file"] for r in report["rejected"]} == set(BAD)
+    assert {"L", "P", "RGBA", "LA", "I;16"} <= set(report["converted"])
+    images = [load_split(out, s)[0] for s in ("train", "val", "test") if (out / s).is_dir()]
+    assert sum(len(x) for x in images) == len(GOOD)
+    assert all(x.shape[1:] == (3, 32, 32) for x in images)
+
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = import_folder(src, out, size=32, seed=0)
+    assert again.status == "unchanged" and again.imported == len(GOOD)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == mtimes  # a no-op
+    assert import_folder(src, out, size=48, seed=0).status == "imported"  # options are in the key
+
+
+def test_class_without_valid_image_is_an_error_naming_it(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "ok").mkdir(parents=True)
+    (src / "ok" / "a.png").write_bytes(_png("RGB"))
+    (src / "broken").mkdir()
+    (src / "broken" / "x.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="broken"):
+        import_folder(src, tmp_path / "data" / "bad")
+    assert not (tmp_path / "data" / "bad").exists()
+    assert (tmp_path / "data" / "bad.import-report.json").is_file()
+
+
+def test_presplit_kept_and_flat_is_unlabelled(tmp_path: Path) -> None:
+    src = tmp_path / "pre"
+    for split, n in (("train", 3), ("val", 1), ("test", 2)):
+        for cls in ("a", "b"):
+            for i in range(n):
+                p = src / split / cls / f"{i}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(_png("RGB", seed=i))
+    result = import_folder(src, tmp_path / "data" / "pre")
+    assert result.counts["train"] == {"a": 3, "b": 3} and result.counts["test"] == {"a": 2, "b": 2}
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(5):
+        (flat / f"{i}.jpg").write_bytes(_jpeg(i))
+    result = import_folder(flat, tmp_path / "data" / "flat", size=16)
+    assert result.counts == {"unlabeled": 5}
+    assert load_unlabeled(tmp_path / "data" / "flat").shape == (5, 3, 16, 16)
+
+
+def test_seeded_stratified_split(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for cls in ("a", "b"):
+        (src / cls).mkdir(parents=True)
+        for i in range(20):
+            (src / cls / f"{i}.png").write_bytes(_png("RGB", (8, 8), seed=i))
+    r1 = import_folder(src, tmp_path / "d1", split="0.8,0.1,0.1", seed=3)
+    r2 = import_folder(src, tmp_path / "d2", split="0.8,0.1,0.1", seed=3)
+    assert r1.counts == r2.counts == {"train": {"a": 16, "b": 16}, "val": {"a": 2, "b": 2},
+                                      "test": {"a": 2, "b": 2}}
+    m1 = json.loads((tmp_path / "d1" / "manifest.json").read_text())["files"]
+    m2 = json.loads((tmp_path / "d2" / "manifest.json").read_text())["files"]
+    assert m1 == m2
+
+
+def test_import_command_prints_the_rejections(tmp_path: Path) -> None:
+    src = make_source(tmp_path)
+    result = CliRunner().invoke(app, ["import", str(src), "--name", "mine", "--root", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    for rel in BAD:
+        assert rel in result.output
+    assert f"{len(GOOD)} images, {len(BAD)} rejected" in result.output
