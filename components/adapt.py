@@ -1,6 +1,202 @@
-"""Placeholder: replaced by the module's owner."""
+"""Adaptation step: linear probe (+ rotation head), kNN and fine-tuning on a pretrained encoder.
+
+``python -m components.adapt --params params.yaml [--preset cpu] --data DIR --encoder CKPT --out DIR``
+(and ``tessera adapt`` with the same options) reads the ``adapt`` section and writes
+``OUT/classifier.pt`` (arch ``ttt_mae_classifier``: the MAE, unchanged, + the linear-probe head of He
+et al. 2022 + the rotation head of Sun et al. 2020, the class names, and the TTT-MAE defaults of
+Gandelsman et al. 2022 in ``extra["ttt"]``), ``OUT/knn.pt`` and ``OUT/finetuned.pt`` when those
+methods are asked for, and ``OUT/metrics.json`` (val/test accuracy of each method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from tessera.config import load_params, section_of, to_dict
+from tessera.errors import ConfigError, TesseraError
+from tessera.tracking import JsonTracker, NullTracker, Tracker
+
+METHODS = ("linear", "knn", "finetune")
+CHECKPOINT = "classifier.pt"
 
 
-def cli() -> None:
-    """Not built yet."""
-    raise SystemExit("not built yet")
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The ``adapt`` section of ``params.yaml``."""
+
+    methods: tuple[str, ...] = ("linear", "knn")  # of linear, knn, finetune (linear always runs)
+    epochs: int = 50  # linear-probe epochs (on cached embeddings, so cheap)
+    lr: float = 1.0e-2  # linear-probe AdamW learning rate
+    weight_decay: float = 0.0  # linear-probe AdamW weight decay
+    batch_size: int = 256  # linear-probe batch size (embeddings)
+    rotation_head: bool = True  # train a rotation-prediction head jointly (needed by rotation TTT)
+    rotation_weight: float = 1.0  # weight of the rotation loss in the joint loss
+    knn_k: int = 20  # kNN: neighbours
+    knn_temperature: float = 0.07  # kNN: votes weighted by exp(cosine / T)
+    finetune_epochs: int = 5  # fine-tuning epochs (encoder + heads)
+    finetune_lr: float = 1.0e-4  # fine-tuning AdamW learning rate
+    finetune_batch_size: int = 64  # fine-tuning batch size (images)
+    ttt_steps: int = 20  # TTT-MAE default SGD steps per input (stored in classifier.pt)
+    ttt_copies: int = 16  # TTT-MAE default masked copies per step
+    ttt_lr: float = 5.0e-3  # TTT-MAE default SGD learning rate (momentum 0.9)
+    ttt_mask_ratio: float = 0.75  # TTT-MAE default mask ratio
+    max_train: int = 0  # train on a seeded stratified subset of this many images (0: all)
+    seed: int = 0  # seeds heads, shuffling and subsets
+
+
+def validate(cfg: Config) -> None:
+    """Refuse settings that cannot run, naming the key."""
+    unknown = sorted(set(cfg.methods) - set(METHODS))
+    if unknown:
+        raise ConfigError(f"adapt.methods: unknown {unknown}; known: {list(METHODS)}")
+    if cfg.epochs < 1 or cfg.batch_size < 2:
+        raise ConfigError("adapt.epochs must be >= 1 and adapt.batch_size >= 2")
+    if cfg.knn_k < 1:
+        raise ConfigError(f"adapt.knn_k must be >= 1, got {cfg.knn_k}")
+
+
+def ttt_defaults(cfg: Config) -> dict[str, Any]:
+    """The TTT-MAE defaults stored in ``extra["ttt"]`` (serving and evaluate start from these)."""
+    return {"steps": cfg.ttt_steps, "copies": cfg.ttt_copies, "lr": cfg.ttt_lr,
+            "mask_ratio": cfg.ttt_mask_ratio, "momentum": 0.9}
+
+
+def _load_split(data_dir: Path, split: str, classes: list[str] | None, img_size: int, max_n: int, seed: int):
+    from tessera.adapt.evalset import fit_size, load_subset
+    from tessera.data.folder import list_classes
+
+    if not (data_dir / split).is_dir():
+        return None
+    classes = classes if classes is not None else list_classes(data_dir / split)
+    images, labels = load_subset(data_dir / split, classes, max_n, seed)
+    return fit_size(images, img_size), labels, classes
+
+
+def run(cfg: Config, data_dir: str | Path, encoder: str | Path, out_dir: str | Path,
+        tracker: Tracker | None = None) -> dict[str, float]:
+    """Train the heads on the encoder ``encoder`` and the data ``data_dir``; write ``out_dir``."""
+    import torch
+
+    from tessera import checkpoint
+    from tessera.adapt import knn
+    from tessera.adapt.heads import ARCH, TTTClassifier
+    from tessera.adapt.metrics import accuracy
+    from tessera.adapt.probe import TrainSettings, finetune, predict, train_linear_probe
+    from tessera.adapt.rotation import rotate_batch
+    from tessera.errors import DataError
+    from tessera.models.embed import encoder_of
+    from tessera.models.registry import from_checkpoint
+
+    validate(cfg)
+    tracker = tracker or NullTracker()
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    enc_ckpt = checkpoint.load(encoder)
+    backbone = from_checkpoint(enc_ckpt)
+    config = {"backbone_arch": enc_ckpt["arch"], "backbone_config": dict(enc_ckpt["config"]),
+              "rotation_head": cfg.rotation_head}
+    torch.manual_seed(cfg.seed)
+    img_size = int(encoder_of(backbone).img_size)
+    train = _load_split(data_dir, "train", None, img_size, cfg.max_train, cfg.seed)
+    if train is None:
+        raise DataError(f"{data_dir}/train not found: build the data first (`tessera data build`)")
+    x_train, y_train, classes = train
+    config["num_classes"] = len(classes)
+    model = TTTClassifier(**config)
+    model.backbone.load_state_dict(backbone.state_dict())
+    evals = {s: _load_split(data_dir, s, classes, img_size, 0, cfg.seed) for s in ("val", "test")}
+    metrics: dict[str, float] = {"classes": float(len(classes)), "train_images": float(len(x_train))}
+
+    def score(prefix: str, fn: Any) -> None:
+        for split, ev in evals.items():
+            if ev is not None:
+                metrics[f"{prefix}/{split}_accuracy"] = accuracy(fn(ev[0]), ev[1])
+
+    probe = TrainSettings(cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.rotation_weight, cfg.seed)
+    train_linear_probe(model, x_train, y_train, probe,
+                       on_epoch=lambda e, m: tracker.log_metrics({f"adapt/{k}": v for k, v in m.items()}, e))
+    score("linear", lambda x: predict(model, x).argmax(1))
+    if model.rot_head is not None:
+        def rot_pred(x: torch.Tensor) -> torch.Tensor:
+            xr, yr = rotate_batch(x[:256])
+            with torch.no_grad():
+                return (model.rotation_logits(xr).argmax(1) == yr).float()
+        for split, ev in evals.items():
+            if ev is not None:
+                metrics[f"rotation/{split}_accuracy"] = float(rot_pred(ev[0]).mean())
+    version = enc_ckpt.get("data_version")
+    extra = {"ttt": ttt_defaults(cfg), "adapt": to_dict(cfg), "encoder": str(encoder),
+             "encoder_arch": enc_ckpt["arch"], "method": "linear"}
+    checkpoint.save(checkpoint.make(ARCH, config, model.state_dict(), data_version=version,
+                                    classes=classes, extra={**extra, "metrics": dict(metrics)}),
+                    out_dir / CHECKPOINT)
+    if "knn" in cfg.methods:
+        bank = knn.knn_bank(model, x_train, y_train, classes, cfg.knn_k, cfg.knn_temperature)
+        score("knn", lambda x: knn.knn_predict(model, bank, x))
+        torch.save(bank, out_dir / "knn.pt")
+    if "finetune" in cfg.methods:
+        ft = TrainSettings(cfg.finetune_epochs, cfg.finetune_lr, cfg.weight_decay, cfg.finetune_batch_size,
+                           cfg.rotation_weight, cfg.seed)
+        finetune(model, x_train, y_train, ft,
+                 on_epoch=lambda e, m: tracker.log_metrics({f"adapt/{k}": v for k, v in m.items()}, e))
+        score("finetune", lambda x: predict(model, x).argmax(1))
+        checkpoint.save(checkpoint.make(ARCH, config, model.state_dict(), data_version=version,
+                                        classes=classes, extra={**extra, "method": "finetune"}),
+                        out_dir / "finetuned.pt")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    tracker.log_metrics(metrics, step=cfg.epochs)
+    return metrics
+
+
+def execute(params: str, preset: str | None, data: str | None, encoder: str, out: str) -> dict[str, float]:
+    """Shared by ``main`` and ``cli``: read params, pick the data folder, run with a JSON-lines tracker."""
+    all_params = load_params(params, preset)
+    cfg = section_of(Config, all_params, "adapt")
+    if data is None:
+        name = (all_params.get("data") or {}).get("name")
+        if not name:
+            raise ConfigError("no --data given and no data.name in params: pass --data DIR")
+        data = str(Path("data") / name)
+    metrics = run(cfg, data, encoder, out, JsonTracker(Path(out) / "tracker.jsonl"))
+    print(json.dumps(metrics))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m components.adapt --params P [--preset cpu] --data DIR --encoder CKPT --out DIR``."""
+    p = argparse.ArgumentParser(prog="python -m components.adapt", description=__doc__.splitlines()[0])
+    p.add_argument("--params", default="params.yaml", help="params file (section `adapt`)")
+    p.add_argument("--preset", default=None, help="overlay params.<preset>.yaml (cpu, gpu)")
+    p.add_argument("--data", default=None, help="image folder (default: data/<data.name> from params)")
+    p.add_argument("--encoder", default="runs/pretrain/encoder.pt", help="pretrained encoder checkpoint")
+    p.add_argument("--out", default="runs/adapt", help="output folder")
+    a = p.parse_args(argv)
+    try:
+        execute(a.params, a.preset, a.data, a.encoder, a.out)
+    except TesseraError as e:
+        raise SystemExit(f"adapt: {type(e).__name__}: {e}") from e
+
+
+def cli(
+    params: str = typer.Option("params.yaml", "--params", help="params file (section `adapt`)"),
+    preset: str | None = typer.Option(None, "--preset", help="overlay params.<preset>.yaml (cpu, gpu)"),
+    data: str | None = typer.Option(None, "--data", help="image folder (default: data/<data.name>)"),
+    encoder: str = typer.Option("runs/pretrain/encoder.pt", "--encoder", help="encoder checkpoint"),
+    out: str = typer.Option("runs/adapt", "--out", help="output folder"),
+) -> None:
+    """Linear probe (+ rotation head), kNN, fine-tuning: write OUT/classifier.pt and metrics.json."""
+    try:
+        execute(params, preset, data, encoder, out)
+    except TesseraError as e:
+        typer.echo(f"adapt: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
+if __name__ == "__main__":
+    main()

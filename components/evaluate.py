@@ -1,6 +1,267 @@
-"""Placeholder: replaced by the module's owner."""
+"""Evaluation step: accuracy of the classifier and its test-time adaptations, clean and corrupted.
+
+``python -m components.evaluate --params params.yaml [--preset cpu] --data DIR --corrupted DIR
+--classifier CKPT --out DIR`` (and ``tessera evaluate``) reads the ``evaluate`` section and scores
+each method (frozen, normstat, TENT, rotation TTT and TTT-MAE, episodic and online) on the clean test
+split and on every corruption x severity cell of the corrupted set (Hendrycks and Dietterich 2019),
+on a seeded stratified subset of ``per_cell`` images per cell. It writes ``OUT/metrics.json`` (keys in
+docs/CONTRACTS.md: ``clean/accuracy``, ``clean/<method>/accuracy``, ``corrupted/<method>/mean_accuracy``,
+``corrupted/<method>/<corruption>/<severity>``, with ``/n`` and ``/ci95``), ``OUT/heatmap.png``,
+``OUT/bars.png`` and the tables ``OUT/plots/{cells,per_severity,per_corruption}.csv`` for ``dvc plots``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from tessera.config import load_params, section_of
+from tessera.errors import ConfigError, TesseraError
+from tessera.tracking import JsonTracker, NullTracker, Tracker
+
+ALL_METHODS = ("frozen", "normstat", "tent", "rotation_episodic", "rotation_online",
+               "ttt_mae_episodic", "ttt_mae_online")
 
 
-def cli() -> None:
-    """Not built yet."""
-    raise SystemExit("not built yet")
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The ``evaluate`` section of ``params.yaml``."""
+
+    methods: tuple[str, ...] = ALL_METHODS  # which methods to score (names as in the metric keys)
+    per_cell: int = 20  # images per corruption x severity cell, seeded and stratified (0: all)
+    clean_subset: int = 100  # clean test images for every method (0: all); clean/accuracy uses all
+    corruptions: tuple[str, ...] = ()  # corruptions to score (empty: every one in the corrupted set)
+    severities: tuple[int, ...] = ()  # severities to score (empty: every one found)
+    ttt_steps: int | None = None  # TTT-MAE steps per input (None: the classifier's extra["ttt"])
+    ttt_copies: int | None = None  # TTT-MAE masked copies per step (None: the classifier's)
+    ttt_lr: float | None = None  # TTT-MAE SGD learning rate (None: the classifier's)
+    ttt_mask_ratio: float | None = None  # TTT-MAE mask ratio (None: the classifier's)
+    online_reset_every: int = 0  # online TTT: restore the weights every N inputs (0: never in a cell)
+    batched: bool = True  # episodic TTT-MAE with the batched (vmap) implementation
+    batch_size: int = 32  # inputs per batched TTT call
+    rotation_steps: int = 1  # rotation TTT: SGD steps per input (Sun et al.: 1 online, 10 episodic)
+    rotation_lr: float = 1.0e-3  # rotation TTT: SGD learning rate (momentum 0.9)
+    tent_lr: float = 1.0e-3  # TENT: SGD learning rate (momentum 0.9)
+    tent_steps: int = 1  # TENT: updates per test batch
+    tent_batch_size: int = 64  # TENT: test images per batch
+    normstat_prior: float = 16.0  # norm-stat: weight N of the training statistics (0: test batch only)
+    seed: int = 0  # seeds the subsets and the TTT masks
+    progress: bool = True  # show a progress bar
+
+
+def method_settings(cfg: Config, ttt: dict[str, Any]) -> Any:
+    """The :class:`MethodSettings` of ``cfg`` over the classifier's TTT defaults ``ttt``."""
+    from tessera.adapt.evaluation import MethodSettings
+    from tessera.adapt.tent import TentSettings
+    from tessera.adapt.test_time import TTTSettings
+
+    def pick(value: Any, key: str, default: Any) -> Any:
+        return value if value is not None else ttt.get(key, default)
+
+    mae = TTTSettings(steps=int(pick(cfg.ttt_steps, "steps", 20)),
+                      copies=int(pick(cfg.ttt_copies, "copies", 16)),
+                      lr=float(pick(cfg.ttt_lr, "lr", 5e-3)), momentum=float(ttt.get("momentum", 0.9)),
+                      mask_ratio=float(pick(cfg.ttt_mask_ratio, "mask_ratio", 0.75)),
+                      reset_every=cfg.online_reset_every, seed=cfg.seed)
+    rot = TTTSettings(steps=cfg.rotation_steps, lr=cfg.rotation_lr, reset_every=cfg.online_reset_every,
+                      seed=cfg.seed)
+    return MethodSettings(ttt=mae, rotation=rot, tent=TentSettings(cfg.tent_lr, 0.9, cfg.tent_steps,
+                          cfg.tent_batch_size), normstat_prior=cfg.normstat_prior, batched=cfg.batched,
+                          batch_size=cfg.batch_size)
+
+
+def load_classifier(path: str | Path, data_dir: Path) -> tuple[Any, dict[str, Any], list[str]]:
+    """The TTT classifier at ``path``, checked against the classes of ``data_dir/test``."""
+    import tessera.adapt.heads  # noqa: F401  (registers ttt_mae_classifier)
+    from tessera import checkpoint
+    from tessera.adapt.heads import ARCH
+    from tessera.data.folder import list_classes
+    from tessera.errors import DataError, ModelError
+    from tessera.models.registry import from_checkpoint
+
+    ckpt = checkpoint.load(path, arch=ARCH)
+    classes = list(ckpt.get("classes") or [])
+    k = int(ckpt["config"].get("num_classes", 0))
+    redo = f"re-run `tessera adapt --data {data_dir} --encoder <encoder.pt>` to make a matching classifier"
+    if k != len(classes):
+        raise ModelError(f"classifier {path} has a head of {k} classes but names {len(classes)}: {redo}")
+    test_dir = data_dir / "test"
+    if not test_dir.is_dir():
+        raise DataError(f"{test_dir} not found: build the data first (`tessera data build`)")
+    found = list_classes(test_dir)
+    if sorted(found) != sorted(classes):
+        raise ModelError(f"classifier {path} predicts {k} classes {classes}, but {test_dir} has {len(found)}"
+                         f" classes {found}: {redo}")
+    return from_checkpoint(ckpt).eval(), ckpt, classes
+
+
+def run(cfg: Config, data_dir: str | Path, corrupted_dir: str | Path, classifier: str | Path,
+        out_dir: str | Path, tracker: Tracker | None = None) -> dict[str, float]:
+    """Score every method of ``cfg`` clean and corrupted; write metrics, pictures and tables."""
+    import torch
+    from tqdm import tqdm
+
+    from tessera.adapt.evalset import corrupted_cells, fit_size, load_subset
+    from tessera.adapt.evaluation import check_methods, run_method
+    from tessera.adapt.metrics import summarize
+    from tessera.adapt.probe import predict
+
+    tracker = tracker or NullTracker()
+    data_dir, corrupted_dir, out_dir = Path(data_dir), Path(corrupted_dir), Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    model, ckpt, classes = load_classifier(classifier, data_dir)
+    check_methods(model, cfg.methods)
+    cells = corrupted_cells(corrupted_dir, cfg.corruptions, cfg.severities)
+    settings = method_settings(cfg, dict(ckpt.get("extra", {}).get("ttt", {})))
+    size = model.encoder.img_size
+    metrics: dict[str, float] = {}
+    x_all, y_all = load_subset(data_dir / "test", classes, 0, cfg.seed)
+    _put(metrics, "clean", summarize(predict(model, fit_size(x_all, size)).argmax(1), y_all))
+    x_clean, y_clean = load_subset(data_dir / "test", classes, cfg.clean_subset, cfg.seed)
+    x_clean = fit_size(x_clean, size)
+    seconds = dict.fromkeys(cfg.methods, 0.0)
+    images = dict.fromkeys(cfg.methods, 0)
+    acc: dict[str, dict[str, dict[str, float]]] = {m: {} for m in cfg.methods}
+    totals = {m: [0, 0] for m in cfg.methods}  # correct, n
+    bar = tqdm(total=len(cfg.methods) * (len(cells) + 1), desc="evaluate", disable=not cfg.progress)
+    for m in cfg.methods:
+        t0 = time.perf_counter()
+        _put(metrics, f"clean/{m}", summarize(run_method(m, model, x_clean, settings).argmax(1), y_clean))
+        seconds[m] += time.perf_counter() - t0
+        images[m] += len(x_clean)
+        bar.update(1)
+    for cell in cells:
+        x, y = load_subset(corrupted_dir / cell.corruption / cell.severity, classes, cfg.per_cell, cfg.seed)
+        x = fit_size(x, size)
+        for m in cfg.methods:
+            bar.set_postfix_str(f"{cell.corruption}/{cell.severity} {m}")
+            t0 = time.perf_counter()
+            s = summarize(run_method(m, model, x, settings).argmax(1), y)
+            seconds[m] += time.perf_counter() - t0
+            images[m] += len(x)
+            _put(metrics, f"corrupted/{m}/{cell.corruption}/{cell.severity}", s, leaf=True)
+            acc[m].setdefault(cell.corruption, {})[cell.severity] = s["accuracy"]
+            totals[m][0] += round(s["accuracy"] * s["n"])
+            totals[m][1] += int(s["n"])
+            bar.update(1)
+    bar.close()
+    _summaries(metrics, acc, totals, seconds, images)
+    _write_outputs(out_dir, metrics, acc, cells, tracker)
+    return metrics
+
+
+def _put(metrics: dict[str, float], prefix: str, s: dict[str, float], leaf: bool = False) -> None:
+    metrics[prefix if leaf else f"{prefix}/accuracy"] = s["accuracy"]
+    metrics[f"{prefix}/n"] = s["n"]
+    metrics[f"{prefix}/ci95"] = s["ci95"]
+
+
+def _summaries(metrics: dict[str, float], acc: dict[str, dict[str, dict[str, float]]],
+               totals: dict[str, list[int]], seconds: dict[str, float], images: dict[str, int]) -> None:
+    from tessera.adapt.metrics import ci95_halfwidth
+
+    for m, per_corr in acc.items():
+        vals = [v for sev in per_corr.values() for v in sev.values()]
+        metrics[f"corrupted/{m}/mean_accuracy"] = sum(vals) / len(vals) if vals else 0.0
+        metrics[f"corrupted/{m}/n"] = float(totals[m][1])
+        metrics[f"corrupted/{m}/ci95"] = ci95_halfwidth(*totals[m])
+        for c, sev in per_corr.items():
+            metrics[f"corrupted/{m}/{c}/mean_accuracy"] = sum(sev.values()) / len(sev)
+        metrics[f"cost/{m}/seconds_per_image"] = seconds[m] / max(images[m], 1)
+
+
+def _write_outputs(out_dir: Path, metrics: dict[str, float], acc: dict[str, dict[str, dict[str, float]]],
+                   cells: list[Any], tracker: Tracker) -> None:
+    from tessera.adapt.plots import bar_chart, heatmap
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    plots = out_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    methods = list(acc)
+    with (plots / "cells.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "corruption", "severity", "accuracy", "n", "ci95"])
+        for m in methods:
+            for cell in cells:
+                key = f"corrupted/{m}/{cell.corruption}/{cell.severity}"
+                w.writerow([m, cell.corruption, cell.severity, metrics[key], int(metrics[f"{key}/n"]),
+                            metrics[f"{key}/ci95"]])
+    severities = sorted({c.severity for c in cells}, key=lambda s: (len(s), s))
+    with (plots / "per_severity.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["severity", *methods])
+        for s in severities:
+            w.writerow([s, *[_mean([acc[m][c][s] for c in acc[m] if s in acc[m][c]]) for m in methods]])
+    with (plots / "per_corruption.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["corruption", *methods])
+        for c in sorted({cell.corruption for cell in cells}):
+            w.writerow([c, *[_mean(list(acc[m][c].values())) for m in methods]])
+    for path in (heatmap(acc, out_dir / "heatmap.png"), bar_chart(acc, out_dir / "bars.png"),
+                 plots / "cells.csv", plots / "per_severity.csv", plots / "per_corruption.csv"):
+        tracker.log_artifact(path)
+    tracker.log_metrics({k: v for k, v in metrics.items() if k.count("/") <= 2}, step=0)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def execute(params: str, preset: str | None, data: str | None, corrupted: str | None, classifier: str,
+            out: str) -> dict[str, float]:
+    """Shared by ``main`` and ``cli``: read params, pick the folders, run with a JSON-lines tracker."""
+    all_params = load_params(params, preset)
+    cfg = section_of(Config, all_params, "evaluate")
+    name = (all_params.get("data") or {}).get("name")
+    if data is None or corrupted is None:
+        if not name:
+            raise ConfigError("no --data/--corrupted given and no data.name in params: pass them")
+        data = data or str(Path("data") / name)
+        corrupted = corrupted or str(Path("data") / f"{name}-c")
+    metrics = run(cfg, data, corrupted, classifier, out, JsonTracker(Path(out) / "tracker.jsonl"))
+    print(json.dumps({k: v for k, v in metrics.items() if k.count("/") <= 2}, indent=1))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m components.evaluate --params P --data DIR --corrupted DIR --classifier CKPT --out DIR``."""
+    p = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--params", default="params.yaml", help="params file (section `evaluate`)")
+    p.add_argument("--preset", default=None, help="overlay params.<preset>.yaml (cpu, gpu)")
+    p.add_argument("--data", default=None, help="clean image folder (default: data/<data.name>)")
+    p.add_argument("--corrupted", default=None, help="corrupted set (default: data/<data.name>-c)")
+    p.add_argument("--classifier", default="runs/adapt/classifier.pt", help="TTT classifier checkpoint")
+    p.add_argument("--out", default="runs/evaluate", help="output folder")
+    a = p.parse_args(argv)
+    try:
+        execute(a.params, a.preset, a.data, a.corrupted, a.classifier, a.out)
+    except TesseraError as e:
+        raise SystemExit(f"evaluate: {type(e).__name__}: {e}") from e
+
+
+def cli(
+    params: str = typer.Option("params.yaml", "--params", help="params file (section `evaluate`)"),
+    preset: str | None = typer.Option(None, "--preset", help="overlay params.<preset>.yaml (cpu, gpu)"),
+    data: str | None = typer.Option(None, "--data", help="clean image folder (default: data/<data.name>)"),
+    corrupted: str | None = typer.Option(None, "--corrupted", help="corrupted set (default: data/<name>-c)"),
+    classifier: str = typer.Option("runs/adapt/classifier.pt", "--classifier", help="classifier checkpoint"),
+    out: str = typer.Option("runs/evaluate", "--out", help="output folder"),
+) -> None:
+    """Score frozen / norm-stat / TENT / rotation TTT / TTT-MAE, clean and on every corruption cell."""
+    try:
+        execute(params, preset, data, corrupted, classifier, out)
+    except TesseraError as e:
+        typer.echo(f"evaluate: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
+if __name__ == "__main__":
+    main()

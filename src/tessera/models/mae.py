@@ -9,15 +9,16 @@ against per-patch normalised targets (``norm_pix_loss``).
 from __future__ import annotations
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from tessera.models.pos_embed import sincos_2d
-from tessera.models.vit import ViTEncoder
+from tessera.models.vit import ViTEncoder, make_blocks
 
 
 class MaskedAutoencoderViT(nn.Module):
     """MAE with a ViT encoder (``self.encoder``) and a light transformer decoder."""
+
+    decoder_pos_embed: torch.Tensor  # (1, 1 + L, Dd) fixed buffer
 
     def __init__(
         self,
@@ -45,9 +46,7 @@ class MaskedAutoencoderViT(nn.Module):
         self.register_buffer(
             "decoder_pos_embed", sincos_2d(decoder_embed_dim, grid).unsqueeze(0), persistent=False
         )
-        self.decoder_blocks = nn.ModuleList(
-            [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True) for _ in range(decoder_depth)]
-        )
+        self.decoder_blocks = make_blocks(decoder_embed_dim, decoder_num_heads, mlp_ratio, decoder_depth)
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
         self.num_patches = num_patches

@@ -46,9 +46,16 @@ def build(name: str, **overrides: Any) -> nn.Module:
     return _REGISTRY[name][0](**kwargs)
 
 
+# The modules whose import registers factories: the encoders' zoo, the TTT classifier, the IC-GAN.
+_REGISTERING_MODULES = ("tessera.models.zoo", "tessera.adapt.heads")
+
+
 def _ensure_loaded() -> None:
-    # Importing the zoo registers every factory; done lazily to avoid an import cycle.
-    import tessera.models.zoo  # noqa: F401
+    # Imported lazily (on first lookup) to avoid import cycles: those modules import this one.
+    import importlib
+
+    for module in _REGISTERING_MODULES:
+        importlib.import_module(module)
 
 
 def from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:

@@ -6,15 +6,29 @@ class token is always prepended, and no mask tokens ever enter the encoder.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from timm.models.vision_transformer import Block, PatchEmbed
 from torch import nn
 
 from tessera.models.pos_embed import sincos_2d
 
+# As in the MAE reference code: LayerNorm with eps 1e-6 in every block and after the last one.
+Norm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def make_blocks(dim: int, num_heads: int, mlp_ratio: float, depth: int) -> nn.ModuleList:
+    """``depth`` timm transformer blocks (pre-norm, qkv bias, LayerNorm eps 1e-6)."""
+    return nn.ModuleList(
+        [Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=Norm) for _ in range(depth)]  # type: ignore[arg-type]
+    )
+
 
 class ViTEncoder(nn.Module):
     """Patch embedding + fixed sin-cos positions + class token + ``depth`` blocks + LayerNorm."""
+
+    pos_embed: torch.Tensor  # (1, 1 + L, D) fixed buffer
 
     def __init__(
         self,
@@ -38,9 +52,7 @@ class ViTEncoder(nn.Module):
         self.register_buffer(
             "pos_embed", sincos_2d(embed_dim, self.grid_size).unsqueeze(0), persistent=False
         )
-        self.blocks = nn.ModuleList(
-            [Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)]
-        )
+        self.blocks = make_blocks(embed_dim, num_heads, mlp_ratio, depth)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self._init_weights()
 
