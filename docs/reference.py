@@ -22,7 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
 # params.yaml section -> the Config dataclass that reads it.
-SECTIONS: dict[str, str] = {}
+SECTIONS: dict[str, str] = {
+    "data": "components.data:Config",
+    "corrupt": "components.data:CorruptConfig",
+    "pretrain": "components.pretrain:Config",
+    "generator": "components.train_generator:Config",
+    "adapt": "components.adapt:Config",
+    "evaluate": "components.evaluate:Config",
+    "promote": "components.promotion:Config",
+    "mlflow": "components.tracking:Config",
+    "serve": "serving.package:Config",
+}
 
 
 def _section_classes() -> dict[str, type]:

@@ -47,7 +47,7 @@ def build(name: str, **overrides: Any) -> nn.Module:
 
 
 # The modules whose import registers factories: the encoders' zoo, the TTT classifier, the IC-GAN.
-_REGISTERING_MODULES = ("tessera.models.zoo", "tessera.adapt.heads")
+_REGISTERING_MODULES = ("tessera.models.zoo", "tessera.adapt.heads", "tessera.generators.bundle")
 
 
 def _ensure_loaded() -> None:
