@@ -8,8 +8,18 @@ from __future__ import annotations
 
 import typer
 
-from components import adapt, data, demo, evaluate, inpaint, pipeline, predict, pretrain, registry_cli
-from components import train_generator
+from components import (
+    adapt,
+    data,
+    demo,
+    evaluate,
+    inpaint,
+    pipeline,
+    predict,
+    pretrain,
+    registry_cli,
+    train_generator,
+)
 from flows import cli as flows_cli
 from serving import cli as serving_cli
 

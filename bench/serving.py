@@ -1,0 +1,176 @@
+"""Serving benchmark: the encoder through TorchServe vs in-process, and the TTT endpoint batched vs not.
+
+A bounded client on 127.0.0.1 (a fixed number of requests, a fixed number of concurrent senders):
+
+* encoder, batch 1: one sender, single-image requests -> p50/p99 latency and requests/s, against the
+  same model called in-process on one image (overhead in ms);
+* encoder, batch 8: 8 concurrent senders of single-image requests, batched by TorchServe
+  (batchSize 8) -> images/s, against one in-process batch of 8 (ratio; target >= 0.85x);
+* TTT classifier at steps 0/5/20: 8 concurrent single-image requests with TorchServe batching (one
+  vectorised adaptation per batch) vs batchSize 1 (each request adapted alone).
+
+    .venv/bin/python bench/serving.py [--arch mae_vit_tiny_patch4] [--requests 200] [--ttt-requests 16]
+        [--ttt-arch mae_vit_micro_patch4] [--ttt-copies 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# this file is bench/serving.py: drop its folder from the path so `serving` is the package, not this file
+sys.path[:] = [p for p in sys.path if Path(p).resolve() != Path(__file__).resolve().parent]
+
+import torch  # noqa: E402
+
+from serving import management, package, server  # noqa: E402
+from tessera import checkpoint  # noqa: E402
+from tessera.models import build  # noqa: E402
+from tessera.models.embed import embed  # noqa: E402
+from tessera.models.registry import config_of  # noqa: E402
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def _send(
+    srv: server.Server, name: str, n: int, workers: int, body: bytes, headers: dict[str, str], warmup: int = 2
+) -> dict:
+    """``n`` POSTs from ``workers`` threads, each on its own keep-alive connection (a light client)."""
+    local = threading.local()
+    host, port = "127.0.0.1", srv.ports.inference
+    path = f"/predictions/{name}"
+    hdrs = {**srv.headers("inference"), **headers}
+
+    def one(_: int) -> float:
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection(host, port, timeout=600)
+        t = time.perf_counter()
+        local.conn.request("POST", path, body=body, headers=hdrs)
+        resp = local.conn.getresponse()
+        data = resp.read()
+        assert resp.status == 200, data[:300]
+        if resp.getheader("connection", "").lower() == "close":
+            local.conn.close()
+            del local.conn
+        return (time.perf_counter() - t) * 1000
+
+    with ThreadPoolExecutor(workers) as pool:  # warm-up rounds at the same concurrency
+        list(pool.map(one, range(workers * warmup)))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        lat = list(pool.map(one, range(n)))
+    wall = time.perf_counter() - t0
+    return {"rps": n / wall, "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99)}
+
+
+def _in_process(model: torch.nn.Module, batch: int, n: int) -> dict:
+    x = torch.rand(batch, 3, 32, 32)
+    with torch.inference_mode():
+        for _ in range(5):
+            embed(model, x)
+        lat = []
+        for _ in range(n):
+            t = time.perf_counter()
+            embed(model, x)
+            lat.append((time.perf_counter() - t) * 1000)
+    return {"rps": 1000 / statistics.mean(lat), "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99)}
+
+
+def _ttt_checkpoint(arch: str, copies: int, path: Path) -> Path:
+    import tessera.adapt  # noqa: F401
+
+    cfg = config_of(
+        "ttt_mae_classifier",
+        backbone_arch=arch,
+        backbone_config=config_of(arch),
+        num_classes=10,
+        rotation_head=False,
+    )
+    model = build("ttt_mae_classifier", **cfg)
+    ttt = {"steps": 5, "copies": copies, "lr": 5e-3, "mask_ratio": 0.75}
+    ckpt = checkpoint.make(
+        "ttt_mae_classifier", cfg, model.state_dict(), classes=[str(i) for i in range(10)], extra={"ttt": ttt}
+    )
+    return checkpoint.save(ckpt, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="mae_vit_tiny_patch4")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--ttt-requests", type=int, default=16)
+    ap.add_argument("--ttt-arch", default="mae_vit_micro_patch4", help="backbone of the TTT classifier")
+    ap.add_argument("--ttt-copies", type=int, default=8)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    tmp = Path(tempfile.mkdtemp(prefix="tessera-bench-serving-"))
+    model = build(args.arch).eval()
+    enc = checkpoint.save(
+        checkpoint.make(args.arch, config_of(args.arch), model.state_dict()), tmp / "enc.pt"
+    )
+    ttt = _ttt_checkpoint(args.ttt_arch, args.ttt_copies, tmp / "ttt.pt")
+    store = tmp / "home" / "model-store"
+    batched = package.Config(batch_size=8, max_batch_delay_ms=5, ttt_max_steps=20)
+    single = package.Config(batch_size=1, max_batch_delay_ms=0, ttt_max_steps=20)
+    models = {
+        "enc": package.package(enc, "enc", 1, store, batched).name,
+        "ttt8": package.package(ttt, "ttt8", 1, store, batched).name,
+        "ttt1": package.package(ttt, "ttt1", 1, store, single).name,
+    }
+    srv = server.start(tmp / "home", "local", server.Ports.free(), models=models, timeout=180)
+    try:
+        body, headers = management.probe_request("encoder")
+        ts1 = _send(srv, "enc", args.requests, 1, body, headers)
+        ip1 = _in_process(model, 1, args.requests)
+        ts8 = _send(srv, "enc", args.requests, 8, body, headers)
+        ip8 = _in_process(model, 8, max(10, args.requests // 8))
+        ratio8 = ts8["rps"] / (ip8["rps"] * 8)
+        overhead = ts1["p50"] - ip1["p50"]
+        print(
+            f"encoder batch 1: TorchServe {ts1['rps']:.1f} req/s p50 {ts1['p50']:.2f} ms"
+            f" p99 {ts1['p99']:.2f} ms"
+            f" | in-process {ip1['rps']:.1f}/s p50 {ip1['p50']:.2f} ms -> overhead {overhead:.2f} ms"
+        )
+        print(
+            f"encoder batch 8: TorchServe {ts8['rps']:.1f} img/s p50 {ts8['p50']:.2f} ms"
+            f" p99 {ts8['p99']:.2f} ms"
+            f" | in-process {ip8['rps'] * 8:.1f} img/s -> {ratio8:.2f}x"
+        )
+        print(f"RESULT serving_encoder_b1_overhead_p50 {overhead:.2f} ms")
+        print(f"RESULT serving_encoder_b1_rps {ts1['rps']:.1f} req/s")
+        print(f"RESULT serving_encoder_b1_p99 {ts1['p99']:.2f} ms")
+        print(f"RESULT serving_encoder_b8_vs_inprocess {ratio8:.2f} x")
+        print(f"RESULT serving_encoder_b8_rps {ts8['rps']:.1f} img/s")
+        print(f"RESULT serving_encoder_b8_p99 {ts8['p99']:.2f} ms")
+        img = base64.b64encode(body).decode("ascii")
+        for steps in (0, 5, 20) if args.ttt_requests > 0 else ():
+            req = json.dumps({"image": img, "steps": steps}).encode()
+            hdr = {"Content-Type": "application/json"}
+            b8 = _send(srv, "ttt8", args.ttt_requests, 8, req, hdr, warmup=1)
+            b1 = _send(srv, "ttt1", args.ttt_requests, 8, req, hdr, warmup=1)
+            print(
+                f"TTT steps {steps:2d}: batched {b8['rps']:.2f} req/s p50 {b8['p50']:.0f} ms"
+                f" p99 {b8['p99']:.0f} ms"
+                f" | per-request {b1['rps']:.2f} req/s p50 {b1['p50']:.0f} ms -> {b8['rps'] / b1['rps']:.2f}x"
+            )
+            print(f"RESULT serving_ttt_steps{steps}_batched_rps {b8['rps']:.2f} req/s")
+            print(f"RESULT serving_ttt_steps{steps}_per_request_rps {b1['rps']:.2f} req/s")
+            print(f"RESULT serving_ttt_steps{steps}_batched_vs_per_request {b8['rps'] / b1['rps']:.2f} x")
+    finally:
+        server.stop(tmp / "home")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The end of ``make demo``: serve the champion release and show three requests.
+
+``serve_champion(corrupted=..., out=...)`` starts (or reuses) the local TorchServe, deploys every
+bundle of the release holding ``champion`` (deploy flow: package, register, smoke, default), then
+prints an embedding's size, writes a generator sample grid to disk, and prints a TTT prediction on a
+corrupted test image with the class and confidence before and after adaptation.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from serving import management, server
+
+BUNDLES = ("tessera-encoder", "tessera-ttt-classifier", "tessera-generator")
+SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def corrupted_image(corrupted: str | Path | None, test: str | Path | None = None) -> tuple[bytes, str]:
+    """PNG bytes of one corrupted test image and where it came from.
+
+    The first image of ``data/<name>-c/<corruption>/<highest severity>/`` when that set exists, else a
+    test image with Gaussian noise added here (sigma 0.2).
+    """
+    import numpy as np
+    from PIL import Image
+
+    root = Path(corrupted) if corrupted else None
+    if root is not None and root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES)
+        if files:  # <corruption>/<severity>/<class>/<id>: the first image of the highest severity
+            severity = max(p.relative_to(root).parts[1] for p in files if len(p.relative_to(root).parts) == 4)
+            top = next(p for p in files if p.relative_to(root).parts[1:2] == (severity,))
+            return top.read_bytes(), str(top)
+    pool = sorted(p for p in Path(test).rglob("*") if p.suffix.lower() in SUFFIXES) if test else []
+    if pool:
+        arr = np.asarray(Image.open(pool[0]).convert("RGB"), dtype=np.float32) / 255.0
+        src = f"{pool[0]} + gaussian noise 0.2"
+    else:
+        arr, src = np.full((32, 32, 3), 0.5, np.float32), "grey image + gaussian noise 0.2"
+    noisy = np.clip(arr + np.random.default_rng(0).normal(0, 0.2, arr.shape), 0, 1)
+    buf = io.BytesIO()
+    Image.fromarray((noisy * 255 + 0.5).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue(), src
+
+
+def serve_champion(
+    corrupted: str | Path | None = None,
+    test: str | Path | None = None,
+    out: str | Path = "runs/serving",
+    home: str | Path = server.DEFAULT_HOME,
+    config: str = "local",
+    port: int = 8080,
+) -> dict[str, Any]:
+    """Serve the champion release and print three example requests; returns what was printed."""
+    from flows.deploy import deploy
+
+    home, out = Path(home), Path(out)
+    try:
+        srv = server.Server.load(home)
+        if not srv.ping():
+            raise server.ServingError("recorded server is down")
+    except server.ServingError:
+        srv = server.start(home, config, server.Ports(port, port + 1, port + 2, port - 1010, port - 1009))
+    deployed: dict[str, Any] = {}
+    for name in BUNDLES:
+        try:
+            deployed[name] = deploy(model=name, alias="champion", home=str(home))
+        except Exception as e:  # noqa: BLE001 - a missing bundle should not hide the others
+            print(f"[serve] {name}: not deployed ({type(e).__name__}: {e})")
+    shown: dict[str, Any] = {"deployed": {k: v["version"] for k, v in deployed.items()}}
+    probe, headers = management.probe_request("encoder")
+    if "tessera-encoder" in deployed:
+        ans = management.predict(srv, "tessera-encoder", probe, headers).json()
+        shown["embedding_size"] = len(ans["embeddings"][0])
+        print(
+            f"[serve] POST /predictions/tessera-encoder (a PNG) -> embedding of size "
+            f"{shown['embedding_size']}"
+            f" (model v{ans['model_version']}, data {ans['data_version']})"
+        )
+    if "tessera-generator" in deployed:
+        r = management.predict(
+            srv,
+            "tessera-generator",
+            json.dumps({"n": 16, "seed": 0, "format": "png"}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        grid = out / "served_samples.png"
+        grid.write_bytes(r.content)
+        shown["sample_grid"] = str(grid)
+        print(
+            f"[serve] POST /predictions/tessera-generator {{n: 16, format: png}} -> {grid} "
+            f"(model v{r.headers.get('X-Tessera-model-version')})"
+        )
+    if "tessera-ttt-classifier" in deployed:
+        img, src = corrupted_image(corrupted, test)
+        ans = management.predict(srv, "tessera-ttt-classifier", img, {"Content-Type": "image/png"}).json()
+        p = ans["predictions"][0]
+        shown["ttt"] = {
+            "image": src,
+            "before": [p["before"]["class"], p["before"]["confidence"]],
+            "after": [p["class"], p["confidence"]],
+            "loss": p["loss"],
+        }
+        print(
+            f"[serve] POST /predictions/tessera-ttt-classifier ({src}) -> before TTT: {p['before']['class']} "
+            f"({p['before']['confidence']:.2f}), after {ans['steps']} TTT steps: {p['class']} "
+            f"({p['confidence']:.2f}); reconstruction loss {p['loss']['first']} -> {p['loss']['last']} "
+            f"(model v{ans['model_version']}, data {ans['data_version']})"
+        )
+    print(f"[serve] TorchServe keeps running at {srv.inference_url} (stop: tessera serve down)")
+    return shown

@@ -1,0 +1,1 @@
+"""TorchServe handlers for Tessera's three bundles: encoder, generator, TTT classifier."""

@@ -1,0 +1,108 @@
+"""One Prefect test harness for the whole session, and a tiny DVC-versioned project to run flows on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+CLASSES = ("a", "b", "c")
+TINY_PARAMS = {
+    "data": {"name": "tiny"},
+    "pretrain": {"arch": "mae_vit_micro_patch4", "epochs": 1, "batch_size": 16, "device": "cpu",
+                 "grid_every": 1, "augment": False},
+    "generator": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "k": 4, "z_dim": 8, "g_ch": 8,
+                  "d_ch": 8, "cond_dim": 8, "eval_samples": 12, "kid_subset_size": 6, "kid_subsets": 2,
+                  "grid_rows": 2, "grid_cols": 2, "device": "cpu", "progress": False},
+    "adapt": {"methods": ["linear"], "epochs": 5, "rotation_head": False, "ttt_steps": 1, "ttt_copies": 2},
+    "evaluate": {"methods": ["frozen", "ttt_mae_episodic"], "per_cell": 3, "clean_subset": 3,
+                 "batch_size": 4, "progress": False},
+    "promote": {"min_clean_accuracy": 0.0, "min_corrupted_accuracy": 0.0},
+    "mlflow": {"system_metrics_interval_s": 1.0},
+}
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A temporary Prefect server (SQLite) for every flow test in the session; yields its API URL."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ.setdefault("PREFECT_HOME", str(home))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+def _image(cls: int, rng: np.random.Generator) -> Image.Image:
+    """32x32 RGB: a bright bar whose orientation/colour names the class, plus noise."""
+    x = rng.uniform(0, 60, (32, 32, 3))
+    if cls == 0:
+        x[12:20, :, 0] = 230
+    elif cls == 1:
+        x[:, 12:20, 1] = 230
+    else:
+        x[8:24, 8:24, 2] = 230
+    return Image.fromarray(x.astype(np.uint8))
+
+
+def make_project(root: Path) -> Path:
+    """A DVC repository with data/tiny (3 classes), data/tiny-c (1 corruption, 1 severity), params.yaml."""
+    rng = np.random.default_rng(0)
+    data = root / "data" / "tiny"
+    for split, n in (("train", 16), ("val", 3), ("test", 6)):
+        for c, name in enumerate(CLASSES):
+            (data / split / name).mkdir(parents=True)
+            for i in range(n):
+                _image(c, rng).save(data / split / name / f"{i}.png")
+    for c, name in enumerate(CLASSES):
+        out = root / "data" / "tiny-c" / "gaussian_noise" / "3" / name
+        out.mkdir(parents=True)
+        for i in range(6):
+            arr = np.asarray(_image(c, rng), dtype=np.float32) + rng.normal(0, 40, (32, 32, 3))
+            Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(out / f"{i}.png")
+    (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    from components import lineage
+
+    lineage.add(data)
+    lineage.add(root / "data" / "tiny-c")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_project(tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture
+def pg_uri() -> Iterator[str]:
+    """A fresh PostgreSQL database for MLflow; skip when unreachable unless CI=true."""
+    try:
+        import psycopg2
+
+        admin = psycopg2.connect(PG_ADMIN, connect_timeout=3)
+    except Exception as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but PostgreSQL at 127.0.0.1:5432 is unreachable: {e}")
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 unreachable ({e}); required only when CI=true")
+    admin.autocommit = True
+    name = f"tessera_test_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()

@@ -1,0 +1,108 @@
+"""infra/ cannot run here (no Docker engine, no cluster): check what can be checked without them.
+
+Compose and the Kubernetes manifests parse; every executable they start is installed; every
+``tessera`` subcommand, ``python -m`` module, prefect.yaml entrypoint and file they name exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+EXTERNAL = {"sh", "pg_isready"}  # provided by the base images
+
+
+def _tessera_paths() -> set[tuple[str, ...]]:
+    import typer.main
+
+    from components.cli import app
+
+    out: set[tuple[str, ...]] = set()
+
+    def walk(cmd, path: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+        out.add(path)
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, (*path, name))
+
+    walk(typer.main.get_command(app), ())
+    return out
+
+
+def _check_command(argv: list[str], tessera: set[tuple[str, ...]]) -> None:
+    exe = argv[0]
+    if exe == "sh":
+        for part in argv[-1].replace("||", ";").split(";"):
+            if part.strip() and part.strip() != "true":
+                _check_command(shlex.split(part), tessera)
+        return
+    assert exe in EXTERNAL or (BIN / exe).exists(), f"{exe} is not installed in the environment"
+    if exe == "tessera":
+        words = tuple(w for w in argv[1:] if not w.startswith("-"))
+        assert any(words[: len(p)] == p and p for p in tessera if len(p) >= 2), argv
+    if exe == "python" and argv[1:2] == ["-m"]:
+        importlib.import_module(argv[2])
+
+
+def test_compose_parses_and_references_real_commands_and_files() -> None:
+    spec = yaml.safe_load((ROOT / "infra" / "compose.yaml").read_text())
+    tessera = _tessera_paths()
+    assert {"postgres", "mlflow", "prefect", "worker", "torchserve"} <= set(spec["services"])
+    assert (ROOT / spec["x-tessera-image"]["build"]["dockerfile"]).is_file()
+    for name, svc in spec["services"].items():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith("."):
+                assert (ROOT / "infra" / src).exists() or src == "../data", (name, src)
+        if "entrypoint" in svc:
+            argv = [*svc["entrypoint"], *svc.get("command", [])]
+            if argv[0] == "sh":
+                argv = [argv[0], argv[1], " ".join(svc["command"])]
+            _check_command(argv, tessera)
+            for arg in argv:
+                if arg.startswith(("serving/", "infra/")):
+                    assert (ROOT / arg).exists(), (name, arg)
+
+
+def test_kubernetes_manifests_parse_and_reference_real_commands() -> None:
+    kinds = []
+    tessera = _tessera_paths()
+    for path in sorted((ROOT / "infra" / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            kinds.append(doc["kind"])
+            assert doc["apiVersion"] and doc["metadata"]["name"].startswith("tessera")
+            if doc["kind"] == "Deployment":
+                pod = doc["spec"]["template"]["spec"]
+                assert doc["spec"]["selector"]["matchLabels"].items() <= doc["spec"]["template"]["metadata"][
+                    "labels"].items()
+                for c in pod["containers"]:
+                    _check_command([*c["command"], *c.get("args", [])], tessera)
+                    for arg in c.get("args", []):
+                        if arg.startswith("serving/"):
+                            assert (ROOT / arg).exists(), arg
+    assert kinds.count("Deployment") == 3 and "Service" in kinds
+
+
+def test_prefect_yaml_entrypoints_exist_and_retrain_is_on_a_cron_schedule() -> None:
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    for d in spec["deployments"]:
+        module, _, attr = d["entrypoint"].partition(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
+        assert d["work_pool"]["name"] == "tessera-process"
+        assert set(d.get("parameters", {})) <= set(flow.parameters.properties)
+    retrain = next(d for d in spec["deployments"] if d["entrypoint"].endswith(":retrain"))
+    assert retrain["schedules"][0]["cron"].count(" ") == 4
+
+
+def test_kfp_yaml_runs_project_modules() -> None:
+    spec = yaml.safe_load((ROOT / "infra" / "kfp" / "retrain.yaml").read_text())
+    for ex in spec["deploymentSpec"]["executors"].values():
+        if "container" in ex:
+            importlib.import_module(ex["container"]["command"][2])
+    reg = spec["deploymentSpec"]["executors"]["exec-register"]["container"]
+    assert reg["args"][0] in {c for p in _tessera_paths() if p[:1] == ("registry",) for c in p[1:]}

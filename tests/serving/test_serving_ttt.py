@@ -1,0 +1,123 @@
+"""The TTT classifier endpoint over HTTP: same answer as the library's TTT-MAE, caps, metrics."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import torch
+from conftest import DATA_VERSION, as_tensor, b64, png
+
+from serving import management
+from tessera import checkpoint
+
+pytestmark = pytest.mark.integration
+NAME = "tessera-ttt-classifier"
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def ttt(ts, ckpts):
+    if ckpts["ttt"] is None:
+        pytest.skip("the adapt helper's ttt_mae_classifier is not available")
+    return ts
+
+
+def _library(
+    ckpts, data: list[bytes], steps: int, copies: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from tessera.adapt.test_time import TTTSettings
+    from tessera.adapt.ttt_mae import ttt_mae_predict
+    from tessera.models.registry import from_checkpoint
+
+    ckpt = checkpoint.load(ckpts["ttt"])
+    model = from_checkpoint(ckpt).eval()
+    cfg = ckpt["extra"]["ttt"]
+    settings = TTTSettings(steps=steps, copies=copies, lr=cfg["lr"], mask_ratio=cfg["mask_ratio"], seed=seed)
+    return ttt_mae_predict(model, torch.stack([as_tensor(d) for d in data]), settings)
+
+
+def test_serving_ttt_matches_library(ttt, ckpts) -> None:
+    data = [png(11), png(12)]
+    body = json.dumps({"images": [b64(d) for d in data], "steps": 3, "copies": 4, "seed": 7}).encode()
+    r = management.predict(ttt, NAME, body, JSON)
+    assert r.status_code == 200, r.text
+    ans = r.json()
+    assert ans["model_version"] == "1" and ans["data_version"] == DATA_VERSION["md5"]
+    assert ans["classes"] == ["cat", "dog", "frog"] and ans["steps"] == 3
+    probs, losses = _library(ckpts, data, steps=3, copies=4, seed=7)
+    got = torch.tensor([p["probabilities"] for p in ans["predictions"]])
+    got_loss = torch.tensor([p["loss"]["per_step"] for p in ans["predictions"]])
+    assert torch.allclose(got, probs, atol=1e-4), (got, probs)
+    assert torch.allclose(got_loss, losses, atol=1e-4)
+    # the prediction without adaptation is there too, and differs from the adapted one
+    before = torch.tensor([p["before"]["probabilities"] for p in ans["predictions"]])
+    assert not torch.allclose(before, got)
+
+
+def test_serving_ttt_concurrent_requests_each_adapted_alone(ttt, ckpts) -> None:
+    data = [png(20 + i) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        rs = list(pool.map(lambda d: management.predict(ttt, NAME, d, {"Content-Type": "image/png"}), data))
+    assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
+    got = torch.tensor([r.json()["predictions"][0]["probabilities"] for r in rs])
+    # each request is image 0 of its own request: seed 0, the deployment's defaults (2 steps, 4 copies)
+    want = torch.cat([_library(ckpts, [d], steps=2, copies=4, seed=0)[0] for d in data])
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_serving_ttt_steps_zero_is_no_adaptation(ttt) -> None:
+    r = management.predict(ttt, NAME, json.dumps({"image": b64(png(5)), "steps": 0}).encode(), JSON)
+    pred = r.json()["predictions"][0]
+    assert pred["probabilities"] == pytest.approx(pred["before"]["probabilities"], abs=1e-6)
+    assert pred["loss"]["last"] is None
+
+
+def test_serving_ttt_caps_and_metrics(ttt) -> None:
+    for opts, code in [
+        ({"steps": 11}, 400),
+        ({"copies": 9}, 400),
+        ({"steps": -1}, 400),
+        ({"steps": "many"}, 400),
+        ({"copies": 0}, 400),
+    ]:
+        r = management.predict(ttt, NAME, json.dumps({"image": b64(png(1)), **opts}).encode(), JSON)
+        assert r.status_code == code, (opts, r.text)
+        assert "outside" in r.json()["error"] or "integer" in r.json()["error"]
+    ok = management.predict(ttt, NAME, png(2), {"Content-Type": "image/png"})
+    assert ok.status_code == 200
+    text = requests.get(f"{ttt.metrics_url}/metrics", timeout=10).text
+    for metric in ("TTTReconstructionLoss", "ConfidenceBeforeTTT", "ConfidenceAfterTTT"):
+        assert metric in text, metric
+
+
+@pytest.mark.slow
+def test_serving_ttt_online_keeps_adapting_along_the_stream(ttt, ckpts) -> None:
+    from serving import package
+    from tessera.adapt.test_time import TTTSettings
+    from tessera.adapt.ttt_mae import ttt_mae_trainer
+    from tessera.models.registry import from_checkpoint
+
+    cfg = package.Config(ttt_online=True, ttt_reset_every=0, batch_size=1)
+    mar = package.package(ckpts["ttt"], "ttt-online", 1, ttt.model_store, cfg)
+    management.register(ttt, mar)
+    data = png(31)
+    got = []
+    for _ in range(2):  # the same image twice: the second answer starts from the adapted weights
+        r = management.predict(ttt, "ttt-online", data, {"Content-Type": "image/png"})
+        assert r.status_code == 200, r.text
+        assert r.json()["mode"] == "online"
+        got.append(r.json()["predictions"][0]["probabilities"])
+    ckpt = checkpoint.load(ckpts["ttt"])
+    d = ckpt["extra"]["ttt"]
+    settings = TTTSettings(
+        steps=d["steps"], copies=d["copies"], lr=d["lr"], mask_ratio=d["mask_ratio"], mode="online", seed=0
+    )
+    trainer = ttt_mae_trainer(from_checkpoint(ckpt).eval(), settings)
+    want, _ = trainer.run(torch.stack([as_tensor(data)] * 2), 0)
+    assert torch.allclose(torch.tensor(got), want, atol=1e-4)
+    assert got[0] != got[1]
+    r = management.predict(ttt, "ttt-online", json.dumps({"image": b64(data), "steps": 5}).encode(), JSON)
+    assert r.status_code == 400
