@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lock-$(shell cat requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+# dvc.yaml commands run `python`: make it the project environment's.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING ?= false
 
 .PHONY: setup demo test test-full lint bench lock clean

@@ -5,7 +5,8 @@
    the DVC hash and where the pictures are.
 2. retrain: the Prefect ``retrain`` flow (pretrain -> generator -> adapt -> evaluate -> register ->
    promote), MLflow on SQLite in ``.tessera/``.
-3. serve: a local TorchServe with the champion release, and three example requests.
+3. serve: a local TorchServe (started before the flow, so the flow's deploy step serves the new
+   champion), the champion release deployed, and three example requests.
 Each phase is timed against its share of the 10-minute budget on 2 CPU cores.
 """
 
@@ -46,13 +47,17 @@ def _data_phase(root: Path, params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _retrain_phase(preset: str | None, force: bool) -> dict[str, Any]:
+def _retrain_phase(preset: str | None, force: bool, deploy: bool) -> dict[str, Any]:
     from flows.settings import configure
 
     configure()
     from flows.retrain import demo as retrain_demo
 
-    where = retrain_demo(preset=preset, force=force, deploy=False)
+    if deploy:  # a running TorchServe lets the flow's own deploy step serve a promoted release
+        from serving.demo import ensure_server
+
+        print(f"[retrain] TorchServe for the deploy step: {ensure_server().inference_url}")
+    where = retrain_demo(preset=preset, force=force, deploy=deploy)
     if where.get("skipped"):
         print(f"[retrain] {where['skipped']}")
     decision = where.get("decision") or {}
@@ -60,6 +65,9 @@ def _retrain_phase(preset: str | None, force: bool) -> dict[str, Any]:
         print(f"[retrain] promotion: {'PROMOTED' if decision.get('promoted') else 'not promoted'}"
               f" - {decision.get('reason', '')}")
     print(f"[retrain] champion versions: {where['champion_versions']}")
+    if where.get("deployment"):
+        served = {name: d.get("version") for name, d in where["deployment"].items()}
+        print(f"[retrain] the flow's deploy step serves: {served}")
     print(f"[retrain] MLflow run {where['mlflow_run_id']}; look with: {where['mlflow_ui']}")
     print(f"[retrain] Prefect artifacts {where['prefect_artifacts']}: {where['prefect_ui']}")
     return where
@@ -81,7 +89,7 @@ def run(preset: str | None = None, force: bool = False, serve: bool = True, root
     params = load_params(rootp / "params.yaml", preset)
     phases: list[tuple[str, Callable[[], Any]]] = [
         ("data", lambda: _data_phase(rootp, params)),
-        ("retrain", lambda: _retrain_phase(preset, force)),
+        ("retrain", lambda: _retrain_phase(preset, force, serve)),
     ]
     if serve:
         phases.append(("serve", lambda: _serve_phase(rootp, params)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -138,6 +139,14 @@ def dvc_lock(root: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _env_with_this_python() -> dict[str, str]:
+    """This environment with this interpreter's bin folder first on PATH, so that the ``python``
+    in ``dvc.yaml`` commands is the project's environment, not whatever the shell would find."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 def run_dvc(args: Sequence[str], cwd: str | Path = ".", retries: int = 5, timeout: float = 600
             ) -> subprocess.CompletedProcess[str]:
     """Run ``dvc ARGS`` in ``cwd``'s repository, one at a time; retry when DVC's own lock is busy."""
@@ -145,7 +154,8 @@ def run_dvc(args: Sequence[str], cwd: str | Path = ".", retries: int = 5, timeou
     cmd = [sys.executable, "-m", "dvc", *args]
     for attempt in range(retries + 1):
         with dvc_lock(root):
-            proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout,
+                                  env=_env_with_this_python())
         busy = "Unable to acquire lock" in proc.stderr or "is busy" in proc.stderr
         if proc.returncode == 0 or not busy or attempt == retries:
             break

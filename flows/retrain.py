@@ -159,4 +159,5 @@ def demo(preset: str | None = None, force: bool = False, deploy: bool = True) ->
         "prefect_artifacts": [report.REPORT_KEY, "promotion-decision"],
         "prefect_ui": "tessera flows up, then http://127.0.0.1:4200/artifacts",
         "skipped": summary.get("skipped"), "decision": summary.get("decision"),
+        "deployment": summary.get("deployment"),
     }
