@@ -2,7 +2,8 @@
 
 A bounded client on 127.0.0.1 (a fixed number of requests, a fixed number of concurrent senders):
 
-* encoder, batch 1: one sender, single-image requests -> p50/p99 latency and requests/s, against the
+* encoder, batch 1: one sender, single-image requests to a batchSize-1 deployment (and, for
+  comparison, to the batch-8 one) -> p50/p99 latency and requests/s, against the
   same model called in-process on one image (overhead in ms);
 * encoder, batch 8: 8 concurrent senders of single-image requests, batched by TorchServe
   (batchSize 8) -> images/s, against one in-process batch of 8 (ratio; target >= 0.85x);
@@ -126,13 +127,17 @@ def main() -> None:
     single = package.Config(batch_size=1, max_batch_delay_ms=0, ttt_max_steps=20)
     models = {
         "enc": package.package(enc, "enc", 1, store, batched).name,
+        "enc1": package.package(enc, "enc1", 1, store, single).name,
         "ttt8": package.package(ttt, "ttt8", 1, store, batched).name,
         "ttt1": package.package(ttt, "ttt1", 1, store, single).name,
     }
     srv = server.start(tmp / "home", "local", server.Ports.free(), models=models, timeout=180)
     try:
         body, headers = management.probe_request("encoder")
-        ts1 = _send(srv, "enc", args.requests, 1, body, headers)
+        # batch 1: a latency deployment (batchSize 1, no batching delay), one request at a time;
+        # the batch-8 deployment below waits up to maxBatchDelay for company on every request.
+        ts1 = _send(srv, "enc1", args.requests, 1, body, headers)
+        ts1_on8 = _send(srv, "enc", args.requests, 1, body, headers)
         ip1 = _in_process(model, 1, args.requests)
         ts8 = _send(srv, "enc", args.requests, 8, body, headers)
         ip8 = _in_process(model, 8, max(10, args.requests // 8))
@@ -143,6 +148,11 @@ def main() -> None:
             f" p99 {ts1['p99']:.2f} ms"
             f" | in-process {ip1['rps']:.1f}/s p50 {ip1['p50']:.2f} ms -> overhead {overhead:.2f} ms"
         )
+        print(
+            f"encoder batch 1 on the batch-8 deployment (maxBatchDelay 5 ms): p50 {ts1_on8['p50']:.2f} ms"
+            f" -> overhead {ts1_on8['p50'] - ip1['p50']:.2f} ms"
+        )
+        print(f"RESULT serving_encoder_b1_on_b8_deployment_overhead_p50 {ts1_on8['p50'] - ip1['p50']:.2f} ms")
         print(
             f"encoder batch 8: TorchServe {ts8['rps']:.1f} img/s p50 {ts8['p50']:.2f} ms"
             f" p99 {ts8['p99']:.2f} ms"

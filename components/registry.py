@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import json
 import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,11 +41,6 @@ def _register_architectures() -> None:
     for module in ("tessera.adapt", "tessera.adapt.heads", "tessera.generators"):
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
-
-
-# The bundle's predict has no type hints on purpose (MLflow would infer a signature from them);
-# silence MLflow's advice about it, which it prints whenever this class is defined.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
 
 class CheckpointBundle(PythonModel):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import pytest
 import yaml
 from PIL import Image
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CLASSES = ("a", "b", "c")
 TINY_PARAMS = {
     "data": {"name": "tiny"},
@@ -85,24 +83,3 @@ def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_project(tmp_path_factory.mktemp("project"))
 
 
-@pytest.fixture
-def pg_uri() -> Iterator[str]:
-    """A fresh PostgreSQL database for MLflow; skip when unreachable unless CI=true."""
-    try:
-        import psycopg2
-
-        admin = psycopg2.connect(PG_ADMIN, connect_timeout=3)
-    except Exception as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but PostgreSQL at 127.0.0.1:5432 is unreachable: {e}")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 unreachable ({e}); required only when CI=true")
-    admin.autocommit = True
-    name = f"tessera_test_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()

@@ -2,36 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database (dropped afterwards); skip when unreachable unless CI=true."""
-    try:
-        import psycopg2
-
-        admin = psycopg2.connect(PG_ADMIN, connect_timeout=3)
-    except Exception as e:  # unreachable server
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but PostgreSQL at 127.0.0.1:5432 is unreachable: {e}")
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 unreachable ({e}); required only when CI=true")
-    admin.autocommit = True
-    name = f"tessera_test_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -43,11 +17,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
         monkeypatch.delenv("TESSERA_MLFLOW_URI", raising=False)
         yield "sqlite"
         return
-    gen = pg_database()
-    uri = next(gen)
-    monkeypatch.setenv("TESSERA_MLFLOW_URI", uri)
+    monkeypatch.setenv("TESSERA_MLFLOW_URI", request.getfixturevalue("pg_uri"))  # tests/conftest.py
     yield "postgresql"
-    next(gen, None)  # DROP DATABASE ... WITH (FORCE) closes MLflow's pooled connections
 
 
 @pytest.fixture

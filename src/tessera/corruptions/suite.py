@@ -9,8 +9,6 @@ gives the same pixels for the same image.
 from __future__ import annotations
 
 import multiprocessing
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,7 +20,7 @@ from tessera.corruptions import check_names, corrupt, image_seed, parameterisati
 from tessera.corruptions.sheet import contact_sheet
 from tessera.data.folder import IMAGE_SUFFIXES, read_rgb
 from tessera.data.images import save_png
-from tessera.data.manifest import sha256_bytes, write_manifest
+from tessera.data.manifest import sha256_bytes, staged_directory, write_manifest
 from tessera.errors import DataError
 
 Item = tuple[int, str, str]  # (index in the sorted test split, class, file stem)
@@ -75,9 +73,7 @@ def corrupt_dataset(
     items, arrays = list_test_images(data_root, max_per_class)
     if out_root.exists() and any(out_root.iterdir()) and not (out_root / "manifest.json").exists():
         raise DataError(f"{out_root} exists and is not a corrupted set: move it or choose another name")
-    out_root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.", dir=out_root.parent))
-    try:
+    with staged_directory(out_root) as staging:
         cells = [(staging, c, s, seed, items, arrays) for c in corruptions for s in severities]
         files: dict[str, str] = {}
         if workers > 1 and len(cells) > 1:
@@ -114,10 +110,4 @@ def corrupt_dataset(
             "files": dict(sorted(files.items())),
         }
         write_manifest(staging, manifest)
-        if out_root.exists():
-            shutil.rmtree(out_root)
-        staging.rename(out_root)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return manifest

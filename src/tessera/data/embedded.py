@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from tessera.data.images import save_png
-from tessera.data.manifest import make_manifest, sha256_bytes, write_manifest
+from tessera.data.manifest import make_manifest, sha256_bytes, staged_directory, write_manifest
 from tessera.data.split import stratified_split
 from tessera.errors import DataError
 
@@ -123,9 +121,7 @@ def build_embedded(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
         raise DataError(f"{out_dir} exists and is not a Tessera data set: choose another name or move it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as staging:
         files: dict[str, str] = {}
         images, labels = load_digits_rendered(image_size)
         splits = stratified_split(labels.tolist(), fractions, seed)
@@ -151,10 +147,4 @@ def build_embedded(
                   "unlabeled_patches": unlabeled_patches}
         manifest = make_manifest(name, files, provenance, image_size, params)
         write_manifest(staging, manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return manifest

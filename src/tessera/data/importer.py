@@ -16,8 +16,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from typing import Any
 
 from tessera.data.folder import IMAGE_SUFFIXES
 from tessera.data.images import DEFAULT_MAX_PIXELS, open_image, save_png, square_resize
-from tessera.data.manifest import make_manifest, read_manifest, sha256_bytes, write_manifest
+from tessera.data.manifest import make_manifest, read_manifest, sha256_bytes, staged_directory, write_manifest
 from tessera.data.split import SPLIT_NAMES, parse_fractions, stratified_split
 from tessera.errors import DataError, ImageError
 
@@ -194,9 +192,7 @@ def import_folder(
     to_split = [i for i, (e, _) in enumerate(good) if e.split is None]
     assigned = stratified_split([good[i][0].cls or "" for i in to_split], fractions, seed)
     splits = {i: s for i, s in zip(to_split, assigned, strict=True)}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as staging:
         files: dict[str, str] = {}
         origin: dict[str, str] = {}
         for i, (e, im) in enumerate(good):
@@ -215,11 +211,5 @@ def import_folder(
                                                    "rejected": len(rejected)}})
         write_manifest(staging, manifest)
         (staging / REPORT).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return ImportResult("imported", out_dir, manifest["counts"], len(files), rejected,
                         dict(sorted(converted.items())))

@@ -6,9 +6,12 @@ it describes and is versioned by DVC together with them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +102,19 @@ def verify_manifest(root: str | Path) -> list[str]:
     on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*.png")}
     bad += sorted(on_disk - set(files))
     return sorted(bad)
+
+
+@contextlib.contextmanager
+def staged_directory(out_dir: Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``out_dir``; when the block succeeds it replaces
+    ``out_dir`` in one rename, when it fails it is removed and ``out_dir`` is left as it was."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield staging
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
