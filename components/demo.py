@@ -68,7 +68,8 @@ def _retrain_phase(preset: str | None, force: bool, deploy: bool) -> dict[str, A
     if where.get("deployment"):
         served = {name: d.get("version") for name, d in where["deployment"].items()}
         print(f"[retrain] the flow's deploy step serves: {served}")
-    print(f"[retrain] MLflow run {where['mlflow_run_id']}; look with: {where['mlflow_ui']}")
+    run = f"MLflow run {where['mlflow_run_id']}; " if where.get("mlflow_run_id") else ""
+    print(f"[retrain] {run}look with: {where['mlflow_ui']}")
     print(f"[retrain] Prefect artifacts {where['prefect_artifacts']}: {where['prefect_ui']}")
     return where
 

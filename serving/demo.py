@@ -22,15 +22,16 @@ SUFFIXES = (".png", ".jpg", ".jpeg")
 def corrupted_image(corrupted: str | Path | None, test: str | Path | None = None) -> tuple[bytes, str]:
     """PNG bytes of one corrupted test image and where it came from.
 
-    The first image of ``data/<name>-c/<corruption>/<highest severity>/`` when that set exists, else a
-    test image with Gaussian noise added here (sigma 0.2).
+    The first image of ``data/<name>-c/gaussian_noise/<highest severity>/`` (or of the first corruption
+    there is) when that set exists, else a test image with Gaussian noise added here (sigma 0.2).
     """
     import numpy as np
     from PIL import Image
 
     root = Path(corrupted) if corrupted else None
     if root is not None and root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES)
+        search = root / "gaussian_noise" if (root / "gaussian_noise").is_dir() else root
+        files = sorted(p for p in search.rglob("*") if p.suffix.lower() in SUFFIXES)
         if files:  # <corruption>/<severity>/<class>/<id>: the first image of the highest severity
             severity = max(p.relative_to(root).parts[1] for p in files if len(p.relative_to(root).parts) == 4)
             top = next(p for p in files if p.relative_to(root).parts[1:2] == (severity,))
@@ -117,7 +118,8 @@ def serve_champion(
         print(
             f"[serve] POST /predictions/tessera-ttt-classifier ({src}) -> before TTT: {p['before']['class']} "
             f"({p['before']['confidence']:.2f}), after {ans['steps']} TTT steps: {p['class']} "
-            f"({p['confidence']:.2f}); reconstruction loss {p['loss']['first']} -> {p['loss']['last']} "
+            f"({p['confidence']:.2f}); MAE loss at each step (fresh masks each step) "
+            f"{[round(v, 4) for v in p['loss']['per_step']]} "
             f"(model v{ans['model_version']}, data {ans['data_version']})"
         )
     print(f"[serve] TorchServe keeps running at {srv.inference_url} (stop: tessera serve down)")
