@@ -37,6 +37,33 @@ class TrainSettings:
     seed: int = 0  # shuffling and initialisation
 
 
+def _train_epochs(
+    n: int,
+    settings: TrainSettings,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    on_epoch: EpochHook | None,
+    name: str,
+    desc: str,
+) -> None:
+    """``settings.epochs`` shuffled passes over ``n`` items: one optimiser step per batch of indices."""
+    for epoch in tqdm(range(settings.epochs), desc=desc, leave=False):
+        perm = torch.randperm(n, generator=gen)
+        total, count = 0.0, 0
+        for i in range(0, n, settings.batch_size):
+            idx = perm[i : i + settings.batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            loss = batch_loss(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, count = total + float(loss.detach()) * len(idx), count + len(idx)
+        if on_epoch is not None:
+            on_epoch(epoch, {f"{name}/train_loss": total / max(count, 1)})
+
+
 def train_linear_probe(
     model: TTTClassifier,
     images: torch.Tensor,
@@ -56,24 +83,16 @@ def train_linear_probe(
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     model.train()
     gen = torch.Generator().manual_seed(settings.seed)
-    for epoch in tqdm(range(settings.epochs), desc="linear probe", leave=False):
-        perm = torch.randperm(len(feats), generator=gen)
-        total, count = 0.0, 0
-        for i in range(0, len(perm), settings.batch_size):
-            idx = perm[i : i + settings.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            loss = F.cross_entropy(model.head(feats[idx]), labels[idx])
-            if rot_feats is not None and rot_labels is not None and model.rot_head is not None:
-                ridx = torch.randint(0, len(rot_feats), (len(idx),), generator=gen)
-                loss = loss + settings.rotation_weight * F.cross_entropy(
-                    model.rot_head(rot_feats[ridx]), rot_labels[ridx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, count = total + float(loss.detach()) * len(idx), count + len(idx)
-        if on_epoch is not None:
-            on_epoch(epoch, {"probe/train_loss": total / max(count, 1)})
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(model.head(feats[idx]), labels[idx])
+        if rot_feats is not None and rot_labels is not None and model.rot_head is not None:
+            ridx = torch.randint(0, len(rot_feats), (len(idx),), generator=gen)
+            loss = loss + settings.rotation_weight * F.cross_entropy(
+                model.rot_head(rot_feats[ridx]), rot_labels[ridx])
+        return loss
+
+    _train_epochs(len(feats), settings, opt, gen, batch_loss, on_epoch, "probe", "linear probe")
     return model.eval()
 
 
@@ -93,25 +112,17 @@ def finetune(
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(settings.seed)
     model.train()
-    for epoch in tqdm(range(settings.epochs), desc="fine-tune", leave=False):
-        perm = torch.randperm(len(images), generator=gen)
-        total, count = 0.0, 0
-        for i in range(0, len(perm), settings.batch_size):
-            idx = perm[i : i + settings.batch_size]
-            if len(idx) < 2:
-                continue
-            x = images[idx]  # (b, C, H, W)
-            loss = F.cross_entropy(model(x), labels[idx])
-            if model.rot_head is not None:
-                k = torch.randint(0, 4, (len(idx),), generator=gen)
-                xr = torch.stack([torch.rot90(img, int(r), dims=(1, 2)) for img, r in zip(x, k, strict=True)])
-                loss = loss + settings.rotation_weight * F.cross_entropy(model.rotation_logits(xr), k)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, count = total + float(loss.detach()) * len(idx), count + len(idx)
-        if on_epoch is not None:
-            on_epoch(epoch, {"finetune/train_loss": total / max(count, 1)})
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        x = images[idx]  # (b, C, H, W)
+        loss = F.cross_entropy(model(x), labels[idx])
+        if model.rot_head is not None:
+            k = torch.randint(0, 4, (len(idx),), generator=gen)
+            xr = torch.stack([torch.rot90(img, int(r), dims=(1, 2)) for img, r in zip(x, k, strict=True)])
+            loss = loss + settings.rotation_weight * F.cross_entropy(model.rotation_logits(xr), k)
+        return loss
+
+    _train_epochs(len(images), settings, opt, gen, batch_loss, on_epoch, "finetune", "fine-tune")
     return model.eval()
 
 
