@@ -85,7 +85,8 @@ def config_reference() -> str:
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
             )
             vals = [_fmt(presets[p].get(section, {}).get(f.name, default)) for p in ("demo", "cpu", "gpu")]
-            lines.append(f"| `{f.name}` | {' | '.join(vals)} | {comments.get(f.name, '')} |")
+            meaning = comments.get(f.name, '').replace('|', '\\|')
+            lines.append(f"| `{f.name}` | {' | '.join(vals)} | {meaning} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
