@@ -33,7 +33,7 @@ test-full: setup
 	$(BIN)/pytest -q -m full
 
 lint: setup
-	$(BIN)/ruff check src components flows serving tests bench
+	$(BIN)/ruff check src components flows serving tests bench docs
 	$(BIN)/mypy
 
 bench: setup
