@@ -10,7 +10,6 @@ methods are asked for, and ``OUT/metrics.json`` (val/test accuracy of each metho
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import typer
 
+from components.command import run_command
 from tessera.config import load_params, section_of, to_dict
 from tessera.errors import ConfigError, TesseraError
 from tessera.tracking import JsonTracker, NullTracker, Tracker
@@ -170,17 +170,7 @@ def execute(params: str, preset: str | None, data: str | None, encoder: str, out
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m components.adapt --params P [--preset cpu] --data DIR --encoder CKPT --out DIR``."""
-    p = argparse.ArgumentParser(prog="python -m components.adapt", description=__doc__.splitlines()[0])
-    p.add_argument("--params", default="params.yaml", help="params file (section `adapt`)")
-    p.add_argument("--preset", default=None, help="overlay params.<preset>.yaml (cpu, gpu)")
-    p.add_argument("--data", default=None, help="image folder (default: data/<data.name> from params)")
-    p.add_argument("--encoder", default="runs/pretrain/encoder.pt", help="pretrained encoder checkpoint")
-    p.add_argument("--out", default="runs/adapt", help="output folder")
-    a = p.parse_args(argv)
-    try:
-        execute(a.params, a.preset, a.data, a.encoder, a.out)
-    except TesseraError as e:
-        raise SystemExit(f"adapt: {type(e).__name__}: {e}") from e
+    run_command(cli, argv, "python -m components.adapt")
 
 
 def cli(

@@ -12,7 +12,6 @@ docs/CONTRACTS.md: ``clean/accuracy``, ``clean/<method>/accuracy``, ``corrupted/
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -22,6 +21,7 @@ from typing import Any
 
 import typer
 
+from components.command import run_command
 from tessera.config import load_params, section_of
 from tessera.errors import ConfigError, TesseraError
 from tessera.tracking import JsonTracker, NullTracker, Tracker
@@ -233,18 +233,7 @@ def execute(params: str, preset: str | None, data: str | None, corrupted: str | 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m components.evaluate --params P --data DIR --corrupted DIR --classifier CKPT --out DIR``."""
-    p = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--params", default="params.yaml", help="params file (section `evaluate`)")
-    p.add_argument("--preset", default=None, help="overlay params.<preset>.yaml (cpu, gpu)")
-    p.add_argument("--data", default=None, help="clean image folder (default: data/<data.name>)")
-    p.add_argument("--corrupted", default=None, help="corrupted set (default: data/<data.name>-c)")
-    p.add_argument("--classifier", default="runs/adapt/classifier.pt", help="TTT classifier checkpoint")
-    p.add_argument("--out", default="runs/evaluate", help="output folder")
-    a = p.parse_args(argv)
-    try:
-        execute(a.params, a.preset, a.data, a.corrupted, a.classifier, a.out)
-    except TesseraError as e:
-        raise SystemExit(f"evaluate: {type(e).__name__}: {e}") from e
+    run_command(cli, argv, "python -m components.evaluate")
 
 
 def cli(

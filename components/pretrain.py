@@ -11,7 +11,6 @@ writes files and reports to the tracker.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import typer
 
+from components.command import run_command
 from tessera.config import load_params, section_of, to_dict
 from tessera.errors import CheckpointError, ConfigError, TesseraError
 from tessera.tracking import JsonTracker, NullTracker, Tracker
@@ -216,18 +216,6 @@ def _train(cfg: Config, data_dir: Path, out_dir: Path, tracker: Tracker, given_v
     return result
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m components.pretrain", description=__doc__.splitlines()[0])
-    p.add_argument("--params", default="params.yaml", help="params file (section `pretrain`)")
-    p.add_argument("--preset", default=None, help="overlay params.<preset>.yaml (cpu, gpu)")
-    p.add_argument("--data", default=None, help="image folder (default: <data.root>/<data.name> from params)")
-    p.add_argument("--out", default="runs/pretrain", help="output folder (checkpoint, metrics, grids)")
-    p.add_argument("--data-version", default=None, help="data version: JSON text, a JSON file or an md5")
-    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
 def execute(params: str, preset: str | None, data: str | None, out: str, data_version: str | None,
             fresh: bool = False, progress: bool = True) -> dict[str, float]:
     """Shared by ``main`` and ``cli``: read params, pick the data folder, run with a JSON-lines tracker."""
@@ -248,11 +236,7 @@ def execute(params: str, preset: str | None, data: str | None, out: str, data_ve
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m components.pretrain --params params.yaml [--preset cpu] --data DIR --out DIR``."""
-    a = _parser().parse_args(argv)
-    try:
-        execute(a.params, a.preset, a.data, a.out, a.data_version, a.fresh, not a.no_progress)
-    except TesseraError as e:
-        raise SystemExit(f"pretrain: {type(e).__name__}: {e}") from e
+    run_command(cli, argv, "python -m components.pretrain")
 
 
 def cli(

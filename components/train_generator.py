@@ -15,7 +15,6 @@ encoder version), trains G and D, and writes to ``--out``:
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from components.command import run_command
 
 SECTION = "generator"
 CHECKPOINT = "generator.pt"
@@ -206,17 +207,7 @@ def _run_from_params(params: Path, preset: str | None, data: Path, encoder: Path
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m components.train_generator --params P [--preset cpu] --data D --encoder C --out O``."""
-    ap = argparse.ArgumentParser(prog="python -m components.train_generator", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--preset", default=None, help="demo (params.yaml as is), cpu or gpu")
-    ap.add_argument("--data", type=Path, required=True, help="data set root (data/<name>)")
-    ap.add_argument("--encoder", type=Path, required=True, help="encoder checkpoint (encoder.pt)")
-    ap.add_argument("--out", type=Path, required=True, help="output folder")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
-    a = ap.parse_args(argv)
-    metrics = _run_from_params(a.params, a.preset, a.data, a.encoder, a.out, progress=not a.no_progress)
-    print(json.dumps(metrics, indent=2))
+    run_command(cli, argv, "python -m components.train_generator")
 
 
 def cli(
