@@ -44,7 +44,7 @@ class Config:
     ttt_lr: float | None = None  # TTT-MAE SGD learning rate (None: the classifier's)
     ttt_mask_ratio: float | None = None  # TTT-MAE mask ratio (None: the classifier's)
     online_reset_every: int = 0  # online TTT: restore the weights every N inputs (0: never in a cell)
-    batched: bool = True  # episodic TTT-MAE with the batched (vmap) implementation
+    batched: bool = True  # episodic TTT-MAE with the batched (stacked-weights) implementation
     batch_size: int = 32  # inputs per batched TTT call
     rotation_steps: int = 1  # rotation TTT: SGD steps per input (Sun et al.: 1 online, 10 episodic)
     rotation_lr: float = 1.0e-3  # rotation TTT: SGD learning rate (momentum 0.9)

@@ -115,3 +115,21 @@ def test_ttt_mae_refuses_a_model_without_decoder() -> None:
         ttt_mae_trainer(model, SMALL)
     with pytest.raises(ModelError, match="decoder"):
         adapt_batch(model, torch.rand(2, 3, 32, 32), steps=1, copies=2)
+
+
+def test_batched_without_diagnostics_predicts_the_same(classifier: TTTClassifier, images: torch.Tensor) -> None:
+    full = adapt_batch(classifier, images, steps=2, copies=2, seed=1)
+    lean = adapt_batch(classifier, images, steps=2, copies=2, seed=1, diagnostics=False)
+    assert torch.equal(lean.probs_after, full.probs_after) and torch.equal(lean.losses, full.losses)
+    assert lean.probs_before is None and lean.recon_loss_before is None and lean.recon_loss_after is None
+    # chunking changes nothing: each input is adapted on its own weights
+    chunked = adapt_batch(classifier, images, steps=2, copies=2, seed=1, chunk_size=3, diagnostics=False)
+    torch.testing.assert_close(chunked.probs_after, full.probs_after, rtol=0, atol=1e-6)
+
+
+def test_batched_refuses_blocks_it_does_not_mirror() -> None:
+    cfg = registry.config_of("mae_vit_micro_patch4")
+    model = TTTClassifier("mae_vit_micro_patch4", cfg, num_classes=10)
+    model.encoder.blocks[0].ls1 = torch.nn.Linear(64, 64)  # e.g. a layer-scaled block
+    with pytest.raises(ModelError, match="plain ViT blocks"):
+        adapt_batch(model, torch.rand(1, 3, 32, 32), steps=1, copies=2)

@@ -42,7 +42,7 @@ class MethodSettings:
     rotation: TTTSettings = field(default_factory=lambda: TTTSettings(steps=1, lr=1e-3))
     tent: TentSettings = field(default_factory=TentSettings)
     normstat_prior: float = 16.0
-    batched: bool = True  # episodic TTT-MAE through adapt_batch (vmap) rather than the loop
+    batched: bool = True  # episodic TTT-MAE through adapt_batch (stacked weights) rather than the loop
     batch_size: int = 32  # inputs per batched TTT call
 
 
@@ -79,7 +79,7 @@ def run_method(method: str, model: TTTClassifier, images: torch.Tensor, settings
             chunk = images[i : i + settings.batch_size]
             res = adapt_batch(model, chunk, steps=t.steps, copies=t.copies, lr=t.lr, momentum=t.momentum,
                               weight_decay=t.weight_decay, mask_ratio=t.mask_ratio, seed=t.seed,
-                              indices=list(range(i, i + len(chunk))))
+                              indices=list(range(i, i + len(chunk))), diagnostics=False)
             out.append(res.probs_after)
         return torch.cat(out) if out else torch.empty(0, model.num_classes)
     if method in ("ttt_mae_episodic", "ttt_mae_online", "rotation_episodic", "rotation_online"):
