@@ -8,12 +8,19 @@ CIFAR-10 from ``/work/shared/data/cifar10`` (unpacked to /tmp, never into the re
 
     python bench/robustness.py --dataset digits --pretrain-s 120 --per-cell 20
     python bench/robustness.py --dataset cifar10 --pretrain-s 240 --per-cell 20
+
+``--ttt-grid 1x4,5x8,20x16`` adds the budget table: episodic TTT-MAE at each ``steps x copies`` on the
+same corrupted images, its accuracy, cost, and the paired difference from the reference budget (the
+last entry of the grid) with a 95% interval: where a smaller budget is as accurate, the CPU saves its
+compute. ``--rotation-lrs 1e-3,1e-4`` adds rotation TTT (episodic) at those learning rates.
+``--reuse`` keeps the encoder, classifier and data of an earlier run in ``--work``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import tarfile
 import time
 from pathlib import Path
@@ -25,6 +32,11 @@ from PIL import Image
 from components import adapt as adapt_step
 from components import evaluate as eval_step
 from tessera import checkpoint
+from tessera.adapt.batched import adapt_batch
+from tessera.adapt.evalset import corrupted_cells, fit_size, load_subset
+from tessera.adapt.metrics import ci95_halfwidth
+from tessera.adapt.rotation import rotation_trainer
+from tessera.adapt.test_time import TTTSettings
 from tessera.corruptions import corrupt
 from tessera.data.folder import load_split
 from tessera.models import registry
@@ -95,6 +107,66 @@ def pretrain(images: torch.Tensor, arch: str, seconds: float) -> tuple[torch.nn.
     return mae.eval(), step
 
 
+def corrupted_images(cdata: Path, classes: list[str], per_cell: int, seed: int, size: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every cell's subset (the images ``components.evaluate`` scores), concatenated."""
+    xs, ys = [], []
+    for cell in corrupted_cells(cdata):
+        x, y = load_subset(cdata / cell.corruption / cell.severity, classes, per_cell, seed)
+        xs.append(fit_size(x, size))
+        ys.append(y)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _paired(correct: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """Mean paired difference of two 0/1 vectors on the same images and its 95% half-width."""
+    d = (correct.float() - ref.float())
+    half = 1.96 * float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return float(d.mean()), half
+
+
+def budget_grid(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid: list[tuple[int, int]],
+                lr: float, seed: int, dataset: str) -> None:
+    """Episodic TTT-MAE at each (steps, copies) on the same images; the last entry is the reference."""
+    correct, cost = {}, {}
+    for steps, copies in grid:
+        t0 = time.perf_counter()
+        probs = torch.cat([adapt_batch(model, x[i : i + 32], steps=steps, copies=copies, lr=lr, seed=seed,
+                                       indices=list(range(i, i + len(x[i : i + 32]))),
+                                       diagnostics=False).probs_after for i in range(0, len(x), 32)])
+        cost[steps, copies] = (time.perf_counter() - t0) / len(x)
+        correct[steps, copies] = probs.argmax(1) == y
+        print(f"  {steps}x{copies}: {float(correct[steps, copies].float().mean()):.3f}"
+              f" ({cost[steps, copies]:.3f} s/img)", flush=True)
+    ref = grid[-1]
+    print(f"\nTTT-MAE budget (episodic, lr {lr}), {len(y)} corrupted images; reference {ref[0]}x{ref[1]}:")
+    print("| steps x copies | copy-steps | accuracy ± CI95 | vs reference (paired, CI95) | agree | s/img |")
+    print("|---|---|---|---|---|---|")
+    for key in grid:
+        c = correct[key]
+        diff, half = _paired(c, correct[ref])
+        agree = float((c == correct[ref]).float().mean())
+        print(f"| {key[0]}x{key[1]} | {key[0] * key[1]} | {float(c.float().mean()):.3f} ±"
+              f" {ci95_halfwidth(int(c.sum()), len(c)):.3f} | {diff:+.3f} ± {half:.3f} | {agree:.2f} |"
+              f" {cost[key]:.3f} |")
+    for key in grid:
+        name = f"robustness_{dataset}_ttt_{key[0]}x{key[1]}"
+        print(f"RESULT {name}_acc {float(correct[key].float().mean()):.4f} acc")
+        print(f"RESULT {name}_cost {cost[key]:.4f} s/img")
+
+
+def rotation_lrs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: list[float], dataset: str
+                 ) -> None:
+    """Episodic rotation TTT (1 step) at each learning rate on the same images."""
+    print(f"\nrotation TTT (episodic, 1 step) by learning rate, {len(y)} corrupted images:")
+    for lr in lrs:
+        trainer = rotation_trainer(model, TTTSettings(steps=1, lr=lr))  # type: ignore[arg-type]
+        probs, _ = trainer.run(x)
+        acc = float((probs.argmax(1) == y).float().mean())
+        print(f"  lr {lr:g}: {acc:.3f}")
+        print(f"RESULT robustness_{dataset}_rotation_lr{lr:g}_acc {acc:.4f} acc")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=("digits", "cifar10"), default="digits")
@@ -105,6 +177,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--copies", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--ttt-grid", default="",
+                   help="steps x copies budgets, e.g. 1x4,5x8,20x16 (the last is the reference)")
+    p.add_argument("--rotation-lrs", default="", help="rotation TTT learning rates, e.g. 1e-3,1e-4")
+    p.add_argument("--reuse", action="store_true", help="reuse the encoder/classifier of an earlier run")
+    p.add_argument("--skip-table", action="store_true", help="only the grid and learning-rate sweeps")
     p.add_argument("--work", default="/tmp/tessera-robustness")
     a = p.parse_args()
     sev = tuple(int(s) for s in a.severities.split(","))
@@ -114,16 +191,33 @@ def main() -> None:
         (digits if a.dataset == "digits" else cifar10)(data)
     if not cdata.is_dir():
         corrupt_set(data, cdata, max(1, a.per_cell // 10), sev)
-    x, _, _ = load_split(data, "train")
-    mae, steps = pretrain(x, a.arch, a.pretrain_s)
-    enc = work / "encoder.pt"
-    checkpoint.save(checkpoint.make(a.arch, registry.config_of(a.arch), mae.state_dict()), enc)
-    am = adapt_step.run(adapt_step.Config(methods=("linear", "knn"), epochs=60), data, enc, work / "adapt")
+    enc, clf = work / "encoder.pt", work / "adapt" / "classifier.pt"
+    if not (a.reuse and clf.is_file()):
+        x, _, _ = load_split(data, "train")
+        mae, steps = pretrain(x, a.arch, a.pretrain_s)
+        checkpoint.save(checkpoint.make(a.arch, registry.config_of(a.arch), mae.state_dict()), enc)
+        am = adapt_step.run(adapt_step.Config(methods=("linear", "knn"), epochs=60), data, enc,
+                            work / "adapt")
+        print(f"dataset {a.dataset} arch {a.arch} pretrain {a.pretrain_s:.0f}s ({steps} steps of 128);"
+              f" linear probe test {am['linear/test_accuracy']:.3f}, kNN {am['knn/test_accuracy']:.3f}")
     cfg = eval_step.Config(per_cell=a.per_cell, clean_subset=100, ttt_steps=a.steps, ttt_copies=a.copies,
                            ttt_lr=a.lr, rotation_steps=1, progress=False)
-    m = eval_step.run(cfg, data, cdata, work / "adapt" / "classifier.pt", work / "evaluate")
-    print(f"dataset {a.dataset} arch {a.arch} pretrain {a.pretrain_s:.0f}s ({steps} steps of 128);"
-          f" linear probe test {am['linear/test_accuracy']:.3f}, kNN {am['knn/test_accuracy']:.3f}")
+    if not a.skip_table:
+        table(cfg, data, cdata, clf, work, a, sev)
+    if a.ttt_grid or a.rotation_lrs:
+        model, _, classes = eval_step.load_classifier(clf, data)
+        x, y = corrupted_images(cdata, classes, a.per_cell, cfg.seed, model.encoder.img_size)
+        if a.ttt_grid:
+            grid = [(int(g.split("x")[0]), int(g.split("x")[1])) for g in a.ttt_grid.split(",")]
+            budget_grid(model, x, y, grid, a.lr, cfg.seed, a.dataset)
+        if a.rotation_lrs:
+            rotation_lrs(model, x, y, [float(v) for v in a.rotation_lrs.split(",")], a.dataset)
+
+
+def table(cfg: eval_step.Config, data: Path, cdata: Path, clf: Path, work: Path, a: argparse.Namespace,
+          sev: tuple[int, ...]) -> None:
+    """The robustness table of every method of ``cfg`` (components.evaluate on the corrupted set)."""
+    m = eval_step.run(cfg, data, cdata, clf, work / "evaluate")
     print(f"TTT-MAE: {a.steps} steps x {a.copies} copies, lr {a.lr}; rotation TTT: 1 step, lr 1e-3;"
           f" {a.per_cell} images per cell, severities {sev}")
     header = ["method", "clean", *[f"{c[:10]}@{sev[-1]}" for c in CORRUPTIONS], "mean(all)", "s/img"]
