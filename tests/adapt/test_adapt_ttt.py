@@ -117,7 +117,8 @@ def test_ttt_mae_refuses_a_model_without_decoder() -> None:
         adapt_batch(model, torch.rand(2, 3, 32, 32), steps=1, copies=2)
 
 
-def test_batched_without_diagnostics_predicts_the_same(classifier: TTTClassifier, images: torch.Tensor) -> None:
+def test_batched_without_diagnostics_predicts_the_same(classifier: TTTClassifier,
+                                                       images: torch.Tensor) -> None:
     full = adapt_batch(classifier, images, steps=2, copies=2, seed=1)
     lean = adapt_batch(classifier, images, steps=2, copies=2, seed=1, diagnostics=False)
     assert torch.equal(lean.probs_after, full.probs_after) and torch.equal(lean.losses, full.losses)
@@ -133,3 +134,21 @@ def test_batched_refuses_blocks_it_does_not_mirror() -> None:
     model.encoder.blocks[0].ls1 = torch.nn.Linear(64, 64)  # e.g. a layer-scaled block
     with pytest.raises(ModelError, match="plain ViT blocks"):
         adapt_batch(model, torch.rand(1, 3, 32, 32), steps=1, copies=2)
+
+
+@pytest.mark.gpu
+def test_batched_and_loop_agree_on_cuda(classifier: TTTClassifier, images: torch.Tensor) -> None:
+    import copy
+
+    model = copy.deepcopy(classifier).cuda()
+    x = images.cuda()
+    settings = TTTSettings(steps=3, copies=4, lr=5e-3, seed=2)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # the loop's patch-embedding conv in full fp32, as the matmuls
+    try:
+        loop_probs, _ = ttt_mae_predict(model, x, settings)
+        res = adapt_batch(model, x, steps=3, copies=4, lr=5e-3, seed=2)  # the whole batch at once on a GPU
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    assert res.probs_after.is_cuda
+    torch.testing.assert_close(res.probs_after, loop_probs, rtol=0, atol=1e-4)

@@ -46,7 +46,7 @@ def reconstruction_loss(model: TTTClassifier, x: torch.Tensor, noise: torch.Tens
                         ) -> torch.Tensor:
     """MAE loss of ``copies`` masked copies of ``x`` (1, C, H, W) with ``noise`` (copies, L): scalar."""
     imgs = x.expand(noise.shape[0], -1, -1, -1)  # (copies, C, H, W)
-    loss, _, _ = model.backbone(imgs, mask_ratio=mask_ratio, noise=noise)
+    loss, _, _ = model.backbone(imgs, mask_ratio=mask_ratio, noise=noise.to(x.device))  # noise: CPU-made
     return loss
 
 
