@@ -8,7 +8,9 @@ of ``copies`` randomly masked copies, then classified. The adaptation is the lib
 (``TestTimeTrainer`` in online mode, requests of a batch in arrival order, reset every
 ``reset_every`` images). ``inference`` is overridden so nothing runs under ``torch.inference_mode``.
 
-Every answer carries the prediction without adaptation too, and the adaptation loss per step.
+Every answer carries the prediction without adaptation too, the adaptation loss per step and, for
+episodic deployments, the reconstruction loss of the frozen and of the adapted encoder on the same
+masks (those of step 0).
 """
 
 from __future__ import annotations
@@ -95,19 +97,17 @@ class TTTClassifierHandler(TesseraHandler):
             return super().inference(batch, *args, **kwargs)
 
     def predict(self, items: list[Item]) -> list[dict[str, Any]]:
-        x = torch.cat([it.images for it in items]).to(self.device)  # (N, 3, S, S)
-        with torch.no_grad():
-            before = self.model.eval()(x).softmax(dim=1).cpu()  # (N, K)
-        probs, losses = self._adapt(items)
+        probs, losses, before, recon = self._adapt(items)
         self.gauge("ConfidenceBeforeTTT", float(before.max(dim=1).values.mean()), "probability")
         self.gauge("ConfidenceAfterTTT", float(probs.max(dim=1).values.mean()), "probability")
         if losses.numel():
             self.gauge("TTTReconstructionLoss", float(losses[:, -1].mean()), "loss")
-        self.gauge("ImagesPerBatch", x.shape[0], "count")
+        self.gauge("ImagesPerBatch", probs.shape[0], "count")
         out, start = [], 0
         for it in items:
             k = it.images.shape[0]
-            preds = [self._prediction(probs[i], before[i], losses[i]) for i in range(start, start + k)]
+            preds = [self._prediction(probs[i], before[i], losses[i], None if recon is None else recon[i])
+                     for i in range(start, start + k)]
             out.append(
                 {
                     "classes": self.classes,
@@ -119,21 +119,28 @@ class TTTClassifierHandler(TesseraHandler):
             start += k
         return out
 
-    def _adapt(self, items: list[Item]) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> probabilities after TTT (N, K) and the loss before each step (N, steps), in item order."""
+    def _adapt(self, items: list[Item]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """-> in item order: probabilities after TTT (N, K), the loss before each step (N, steps), the
+        probabilities without adaptation (N, K) and, episodic only, the reconstruction loss before and
+        after adaptation on the same masks (N, 2; None online)."""
         if self.trainer is not None:  # online: one stream, requests in arrival order
+            x = torch.cat([it.images for it in items]).to(self.device)
+            with torch.no_grad():
+                before = self.model.eval()(x).softmax(dim=1).cpu()  # the stream's weights so far
             results = []
             for it in items:
                 results.append(self.trainer.run(it.images.to(self.device), self.stream_index))
                 self.stream_index += it.images.shape[0]
-            return torch.cat([p.cpu() for p, _ in results]), torch.cat([loss for _, loss in results])
+            probs = torch.cat([p.cpu() for p, _ in results])
+            return probs, torch.cat([loss for _, loss in results]), before, None
         from tessera.adapt.batched import adapt_batch
 
         clf: Any = self.model
         groups: dict[tuple[int, int, int], list[int]] = {}
         for j, it in enumerate(items):
             groups.setdefault((it.options["steps"], it.options["copies"], it.options["seed"]), []).append(j)
-        per_item: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        per_item: dict[int, tuple[torch.Tensor, ...]] = {}
         for (steps, copies, seed), members in groups.items():
             images = torch.cat([items[j].images for j in members]).to(self.device)  # (M, 3, S, S)
             # each image's masks are seeded by (seed, its index within its request)
@@ -149,17 +156,21 @@ class TTTClassifierHandler(TesseraHandler):
                 seed=seed,
                 indices=indices,
             )
+            assert res.probs_before is not None and res.recon_loss_before is not None
+            assert res.recon_loss_after is not None
+            fields = (res.probs_after, res.losses, res.probs_before,
+                      torch.stack([res.recon_loss_before, res.recon_loss_after], dim=1))
             start = 0
             for j in members:
                 k = items[j].images.shape[0]
-                per_item[j] = (res.probs_after[start : start + k].cpu(), res.losses[start : start + k].cpu())
+                per_item[j] = tuple(f[start : start + k].cpu() for f in fields)
                 start += k
-        return (
-            torch.cat([per_item[j][0] for j in range(len(items))]),
-            torch.cat([per_item[j][1] for j in range(len(items))]),
-        )
+        probs, losses, before, recon = (torch.cat([per_item[j][f] for j in range(len(items))])
+                                        for f in range(4))
+        return probs, losses, before, recon
 
-    def _prediction(self, p: torch.Tensor, p0: torch.Tensor, loss: torch.Tensor) -> dict[str, Any]:
+    def _prediction(self, p: torch.Tensor, p0: torch.Tensor, loss: torch.Tensor,
+                    recon: torch.Tensor | None) -> dict[str, Any]:
         k, k0 = int(p.argmax()), int(p0.argmax())
         return {
             "class": self.classes[k],
@@ -176,5 +187,8 @@ class TTTClassifierHandler(TesseraHandler):
                 "per_step": loss.tolist(),
                 "first": float(loss[0]) if loss.numel() else None,
                 "last": float(loss[-1]) if loss.numel() else None,
+                # episodic: the loss of the frozen and of the adapted encoder on the same masks
+                "before": None if recon is None else float(recon[0]),
+                "after": None if recon is None else float(recon[1]),
             },
         }

@@ -39,6 +39,16 @@ def _library(
     return ttt_mae_predict(model, torch.stack([as_tensor(d) for d in data]), settings)
 
 
+def _library_batched(ckpts, data: list[bytes], steps: int, copies: int, seed: int):  # noqa: ANN202
+    from tessera.adapt.batched import adapt_batch
+    from tessera.models.registry import from_checkpoint
+
+    ckpt = checkpoint.load(ckpts["ttt"])
+    cfg = ckpt["extra"]["ttt"]
+    return adapt_batch(from_checkpoint(ckpt).eval(), torch.stack([as_tensor(d) for d in data]), steps=steps,
+                       copies=copies, lr=cfg["lr"], mask_ratio=cfg["mask_ratio"], seed=seed)
+
+
 def test_serving_ttt_matches_library(ttt, ckpts) -> None:
     data = [png(11), png(12)]
     body = json.dumps({"images": [b64(d) for d in data], "steps": 3, "copies": 4, "seed": 7}).encode()
@@ -55,6 +65,11 @@ def test_serving_ttt_matches_library(ttt, ckpts) -> None:
     # the prediction without adaptation is there too, and differs from the adapted one
     before = torch.tensor([p["before"]["probabilities"] for p in ans["predictions"]])
     assert not torch.allclose(before, got)
+    # and the reconstruction loss before/after on the same masks, as the library computes it
+    lib = _library_batched(ckpts, data, steps=3, copies=4, seed=7)
+    for p, b, a in zip(ans["predictions"], lib.recon_loss_before, lib.recon_loss_after, strict=True):
+        assert p["loss"]["before"] == pytest.approx(float(b), abs=1e-4)
+        assert p["loss"]["after"] == pytest.approx(float(a), abs=1e-4)
 
 
 def test_serving_ttt_concurrent_requests_each_adapted_alone(ttt, ckpts) -> None:
