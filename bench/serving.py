@@ -23,6 +23,7 @@ import argparse
 import base64
 import json
 import selectors
+import shutil
 import socket
 import statistics
 import sys
@@ -273,6 +274,7 @@ def main() -> None:
             print(f"RESULT serving_ttt_steps{steps}_batched_vs_per_request {b8['rps'] / b1['rps']:.2f} x")
     finally:
         server.stop(tmp / "home")
+        shutil.rmtree(tmp, ignore_errors=True)  # archives and logs: about 38 MB per run
 
 
 if __name__ == "__main__":
