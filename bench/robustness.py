@@ -32,10 +32,9 @@ from PIL import Image
 from components import adapt as adapt_step
 from components import evaluate as eval_step
 from tessera import checkpoint
-from tessera.adapt.batched import adapt_batch
 from tessera.adapt.evalset import corrupted_cells, fit_size, load_subset
+from tessera.adapt.evaluation import MethodSettings, run_method
 from tessera.adapt.metrics import ci95_halfwidth
-from tessera.adapt.rotation import rotation_trainer
 from tessera.adapt.test_time import TTTSettings
 from tessera.corruptions import corrupt
 from tessera.data.folder import load_split
@@ -131,9 +130,8 @@ def budget_grid(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid: 
     correct, cost = {}, {}
     for steps, copies in grid:
         t0 = time.perf_counter()
-        probs = torch.cat([adapt_batch(model, x[i : i + 32], steps=steps, copies=copies, lr=lr, seed=seed,
-                                       indices=list(range(i, i + len(x[i : i + 32]))),
-                                       diagnostics=False).probs_after for i in range(0, len(x), 32)])
+        ttt = TTTSettings(steps=steps, copies=copies, lr=lr, seed=seed)
+        probs = run_method("ttt_mae_episodic", model, x, MethodSettings(ttt=ttt))  # as `tessera evaluate`
         cost[steps, copies] = (time.perf_counter() - t0) / len(x)
         correct[steps, copies] = probs.argmax(1) == y
         print(f"  {steps}x{copies}: {float(correct[steps, copies].float().mean()):.3f}"
@@ -160,8 +158,8 @@ def rotation_lrs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: 
     """Episodic rotation TTT (1 step) at each learning rate on the same images."""
     print(f"\nrotation TTT (episodic, 1 step) by learning rate, {len(y)} corrupted images:")
     for lr in lrs:
-        trainer = rotation_trainer(model, TTTSettings(steps=1, lr=lr))  # type: ignore[arg-type]
-        probs, _ = trainer.run(x)
+        rotation = TTTSettings(steps=1, lr=lr)
+        probs = run_method("rotation_episodic", model, x, MethodSettings(rotation=rotation))  # type: ignore[arg-type]
         acc = float((probs.argmax(1) == y).float().mean())
         print(f"  lr {lr:g}: {acc:.3f}")
         print(f"RESULT robustness_{dataset}_rotation_lr{lr:g}_acc {acc:.4f} acc")

@@ -35,6 +35,7 @@ from torch import nn
 from tessera.adapt.heads import TTTClassifier
 from tessera.adapt.ttt_mae import require_decoder, ttt_noise_batch
 from tessera.errors import ModelError
+from tessera.models.embed import pool_tokens
 from tessera.models.vit import ViTEncoder
 
 CPU_CHUNK = 8  # inputs adapted together on the CPU (see adapt_batch)
@@ -141,7 +142,7 @@ def _recon_loss(model: TTTClassifier, w: Weights, images: torch.Tensor, noise: t
 def _probs(model: TTTClassifier, w: Weights, images: torch.Tensor) -> torch.Tensor:
     """(B, K) class probabilities with every patch visible (mask ratio 0), as ``model(images)``."""
     tokens = encode(model.encoder, w, patch_tokens(model.encoder, w, images).unsqueeze(1))
-    return model.head(tokens[:, 1:, :].mean(dim=1)).softmax(dim=1)
+    return model.head(pool_tokens(tokens)).softmax(dim=1)
 
 
 def _sgd_step(weights: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor],

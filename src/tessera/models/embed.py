@@ -25,9 +25,14 @@ def encoder_of(model: nn.Module) -> ViTEncoder:
     raise TypeError(f"{type(model).__name__} has no ViT encoder (expected an `.encoder` attribute)")
 
 
+def pool_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + L, D) encoder output (class token first) -> (B, D): the mean of the patch tokens."""
+    return tokens[:, 1:, :].mean(dim=1)
+
+
 def embed_tokens(encoder: ViTEncoder, images: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, D) with gradients (for fine-tuning and test-time training)."""
-    return encoder(images)[:, 1:, :].mean(dim=1)
+    return pool_tokens(encoder(images))
 
 
 @torch.no_grad()
