@@ -33,6 +33,7 @@ class Config:
     max_batch_delay_ms: int = 5  # how long TorchServe waits to fill a batch (maxBatchDelay)
     min_workers: int = 1  # worker processes per model version (minWorkers)
     max_workers: int = 1  # upper bound when scaling (maxWorkers)
+    torch_threads: int = 0  # intra-op threads per CPU worker (0: the cores divided by max_workers)
     response_timeout_s: int = 120  # a batch taking longer restarts the worker (responseTimeout)
     max_images: int = 16  # images in one request; more is a 413
     max_pixels: int = 4096 * 4096  # decoded pixels per image; more is a 413 (decompression bombs)
@@ -61,6 +62,8 @@ def kind_of(arch: str) -> str:
 def model_config(cfg: Config, kind: str, data_version: str | None = None) -> dict[str, Any]:
     """The archive's ``model-config.yaml``: TorchServe's keys plus the handler's ``handler:`` section."""
     handler: dict[str, Any] = {"max_images": cfg.max_images, "max_pixels": cfg.max_pixels}
+    if cfg.torch_threads > 0:
+        handler["torch_threads"] = cfg.torch_threads
     if data_version:
         handler["data_version"] = data_version
     if kind == "ttt_classifier":

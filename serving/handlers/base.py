@@ -69,6 +69,8 @@ class TesseraHandler(BaseHandler):
         cuda = torch.cuda.is_available() and gpu is not None
         self.device = torch.device(f"cuda:{gpu}" if cuda else "cpu")
         self.settings: dict[str, Any] = dict((context.model_yaml_config or {}).get("handler") or {})
+        if self.device.type == "cpu":
+            torch.set_num_threads(worker_threads(self.settings, context.model_yaml_config or {}))
         path = os.path.join(props["model_dir"], self.manifest["model"]["serializedFile"])
         self.ckpt = load_checkpoint(path, map_location="cpu")
         self.model = self.load_model(self.ckpt).to(self.device).eval()
@@ -84,7 +86,11 @@ class TesseraHandler(BaseHandler):
         self.setup()
         self.initialized = True
         logger.info(
-            "Tessera %s v%s ready on %s", self.stamp["arch"], self.stamp["model_version"], self.device
+            "Tessera %s v%s ready on %s (%d torch threads)",
+            self.stamp["arch"],
+            self.stamp["model_version"],
+            self.device,
+            torch.get_num_threads(),
         )
 
     def load_model(self, ckpt: dict[str, Any]) -> nn.Module:
@@ -207,6 +213,20 @@ class TesseraHandler(BaseHandler):
             )
         except Exception:  # noqa: BLE001 - a metric must never fail a request
             logger.warning("could not report metric %s", name, exc_info=True)
+
+
+def worker_threads(settings: dict[str, Any], model_yaml: dict[str, Any]) -> int:
+    """Intra-op threads for one CPU worker: ``torch_threads`` if set, else the cores over the workers.
+
+    torch starts one thread per core in every process; two workers on two cores would then run four
+    threads that spin-wait for each other. Dividing the cores keeps workers x threads = cores.
+    """
+    threads = int(settings.get("torch_threads") or 0)
+    if threads > 0:
+        return threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, int(model_yaml.get("maxWorkers") or model_yaml.get("minWorkers") or 1))
+    return max(1, cores // workers)
 
 
 def _data_version(ckpt: dict[str, Any]) -> str:

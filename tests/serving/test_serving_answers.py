@@ -1,4 +1,4 @@
-"""The encoder's JSON answer, without a server: every float32 embedding reads back exactly."""
+"""Handler logic without a server: the encoder's float32 answers read back exactly; CPU threads per worker."""
 
 from __future__ import annotations
 
@@ -22,3 +22,20 @@ def test_serving_encoder_answer_reads_back_the_same_float32() -> None:
     assert np.array_equal(got, emb[1:])
     first = json.loads(EncoderHandler().encode({"embeddings": emb[:1], "dim": 64}))["embeddings"]
     assert np.array_equal(np.asarray(first, dtype=np.float32), emb[:1])
+
+
+def test_serving_cpu_workers_split_the_cores_unless_told() -> None:
+    """Workers x threads = cores by default; ``torch_threads`` in the archive overrides it."""
+    import os
+
+    from serving import package
+    from serving.handlers.base import worker_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert worker_threads({}, {"maxWorkers": 1}) == cores
+    assert worker_threads({}, {"minWorkers": 2, "maxWorkers": 2}) == max(1, cores // 2)
+    assert worker_threads({}, {"maxWorkers": 4 * cores}) == 1
+    assert worker_threads({"torch_threads": 3}, {"maxWorkers": 2}) == 3
+    tuned = package.model_config(package.Config(min_workers=2, max_workers=2, torch_threads=1), "encoder")
+    assert tuned["handler"]["torch_threads"] == 1 and tuned["maxWorkers"] == 2
+    assert "torch_threads" not in package.model_config(package.Config(), "encoder")["handler"]
