@@ -29,6 +29,7 @@ from tessera.errors import TesseraError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 CONFIGS = {"local": CONFIG_DIR / "local.properties", "production": CONFIG_DIR / "config.properties"}
+LOG_CONFIG = CONFIG_DIR / "log4j2.xml"  # one rotated file per log, warnings and errors on stdout
 KEY_ENV = {"management": "TESSERA_TS_MANAGEMENT_KEY", "inference": "TESSERA_TS_INFERENCE_KEY"}
 DEFAULT_HOME = Path(".tessera/serving")
 
@@ -199,6 +200,8 @@ def start(
         str(server.model_store),
         "--ts-config",
         str(cfg),
+        "--log-config",
+        str(LOG_CONFIG),
     ]
     if models:
         cmd += ["--models", *[f"{k}={v}" for k, v in models.items()]]
@@ -218,7 +221,11 @@ def start(
     except BaseException:  # never leave an orphan server behind (Ctrl-C, unexpected errors)
         stop(home)
         raise
-    tail = (home / "logs" / "torchserve.out").read_text(errors="replace")[-3000:]
+    tail = "\n".join(
+        f"--- {name}:\n" + (home / "logs" / name).read_text(errors="replace")[-2000:]
+        for name in ("torchserve.out", "ts_log.log")
+        if (home / "logs" / name).is_file()
+    )
     stop(home)
     raise ServingError(f"TorchServe did not become healthy within {timeout:.0f}s; log tail:\n{tail}")
 

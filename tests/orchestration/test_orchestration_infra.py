@@ -78,8 +78,10 @@ def test_kubernetes_manifests_parse_and_reference_real_commands() -> None:
             assert doc["apiVersion"] and doc["metadata"]["name"].startswith("tessera")
             if doc["kind"] == "Deployment":
                 pod = doc["spec"]["template"]["spec"]
-                assert doc["spec"]["selector"]["matchLabels"].items() <= doc["spec"]["template"]["metadata"][
-                    "labels"].items()
+                assert (
+                    doc["spec"]["selector"]["matchLabels"].items()
+                    <= doc["spec"]["template"]["metadata"]["labels"].items()
+                )
                 for c in pod["containers"]:
                     _check_command([*c["command"], *c.get("args", [])], tessera)
                     for arg in c.get("args", []):
@@ -106,3 +108,34 @@ def test_kfp_yaml_runs_project_modules() -> None:
             importlib.import_module(ex["container"]["command"][2])
     reg = spec["deploymentSpec"]["executors"]["exec-register"]["container"]
     assert reg["args"][0] in {c for p in _tessera_paths() if p[:1] == ("registry",) for c in p[1:]}
+
+
+def test_the_wheel_carries_the_files_the_code_reads_at_run_time(tmp_path: Path) -> None:
+    """A non-editable install (the Docker images) needs TorchServe's configs and the handlers."""
+    import subprocess
+    import zipfile
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(ROOT),
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("tessera-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in sorted((ROOT / "serving" / "config").iterdir()) + sorted(
+        (ROOT / "serving" / "handlers").glob("*.py")
+    ):
+        assert f.relative_to(ROOT).as_posix() in names, f"{f.name} is not in the wheel"

@@ -130,3 +130,19 @@ def test_serving_bad_request_does_not_fail_its_batch_mates(ts) -> None:
     with ThreadPoolExecutor(8) as pool:
         rs = list(pool.map(lambda b: management.predict(ts, "tessera-encoder", *b), bodies))
     assert [r.status_code for r in rs] == [400, 200] * 4
+
+
+def test_serving_logs_each_request_once_in_a_rotated_file(ts) -> None:
+    """Tessera's log4j2.xml: a request is one access-log line; no DEBUG lines; stdout stays quiet."""
+    marker = f"/predictions/tessera-encoder?log-check={np.random.default_rng().integers(1 << 30)}"
+    r = requests.post(f"{ts.inference_url}{marker}", data=png(5), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    logs = ts.home / "logs"
+    access = (logs / "access_log.log").read_text()
+    assert access.count(marker) == 1
+    ts_log = (logs / "ts_log.log").read_text()
+    assert marker not in ts_log and "[DEBUG]" not in ts_log
+    assert "Sending response for jobId" not in ts_log
+    assert "Torchserve version:" in ts_log  # the frontend's INFO lines are still there
+    out = (logs / "torchserve.out").read_text(errors="replace")
+    assert "/predictions/" not in out and "[DEBUG]" not in out and "[INFO ]" not in out
