@@ -34,6 +34,7 @@ test-full: setup
 
 lint: setup
 	$(BIN)/ruff check src components flows serving tests bench docs
+	$(BIN)/ruff format --check src components flows serving tests bench docs
 	$(BIN)/mypy
 
 bench: setup

@@ -37,11 +37,19 @@ def main() -> None:
     print(f"build: {manifest['total']} images in {build_s:.1f} s")
 
     t = time.perf_counter()
-    cm = corrupt_dataset(out / "digits", out / "digits-c", CORRUPTIONS, seed=0,
-                         max_per_class=args.max_per_class, workers=args.workers)
+    cm = corrupt_dataset(
+        out / "digits",
+        out / "digits-c",
+        CORRUPTIONS,
+        seed=0,
+        max_per_class=args.max_per_class,
+        workers=args.workers,
+    )
     corrupt_s = time.perf_counter() - t
-    print(f"corrupt: {cm['total']} images ({cm['images_per_cell']} per cell) in {corrupt_s:.1f} s "
-          f"with {args.workers} workers")
+    print(
+        f"corrupt: {cm['total']} images ({cm['images_per_cell']} per cell) in {corrupt_s:.1f} s "
+        f"with {args.workers} workers"
+    )
 
     x = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
     reps = 2000

@@ -61,8 +61,10 @@ def cifar10(root: Path, per_class: int, val_per_class: int) -> Path:
     out = root / "cifar10"
     if (out / "train").is_dir():
         return out
-    for tar_name, split, limit in (("cifar10-train-jpeg.tar", "train", per_class),
-                                   ("cifar10-test-jpeg.tar", "val", val_per_class)):
+    for tar_name, split, limit in (
+        ("cifar10-train-jpeg.tar", "train", per_class),
+        ("cifar10-test-jpeg.tar", "val", val_per_class),
+    ):
         counts: dict[str, int] = {}
         with tarfile.open(CIFAR / tar_name) as tf:
             for m in tf:
@@ -104,18 +106,27 @@ def one_set(name: str, data: Path, args: argparse.Namespace, work: Path, figures
     train, _, _ = load_split(data, "train")
     val, val_labels, _ = load_split(data, "val")
     t0 = time.time()
-    enc_path = Path(args.encoder) if args.encoder else train_mae(train, args.mae_steps,
-                                                                 work / f"{name}-mae.pt")
+    enc_path = (
+        Path(args.encoder) if args.encoder else train_mae(train, args.mae_steps, work / f"{name}-mae.pt")
+    )
     t_mae = time.time() - t0
     encoder = registry.from_checkpoint(checkpoint.load(enc_path)).eval()
-    cfg = Config(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                 g_ch=args.ch, d_ch=args.ch, eval_samples=args.eval_samples, kid_subset_size=100,
-                 progress=False)
+    cfg = Config(
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        g_ch=args.ch,
+        d_ch=args.ch,
+        eval_samples=args.eval_samples,
+        kid_subset_size=100,
+        progress=False,
+    )
     # Floor: held-out real images against the training images, same sample count, same encoder.
     g = torch.Generator().manual_seed(1)
     real_ref = train[torch.randperm(train.shape[0], generator=g)[: cfg.eval_samples]]
     floor = EncoderSpaceScore(encoder, real_ref, cfg.kid_subset_size, cfg.kid_subsets).score(
-        val[torch.randperm(val.shape[0], generator=g)[: cfg.eval_samples]])
+        val[torch.randperm(val.shape[0], generator=g)[: cfg.eval_samples]]
+    )
     out = work / f"{name}-gen"
     shutil.rmtree(out, ignore_errors=True)
     tracker, t1 = Collect(), time.time()
@@ -123,14 +134,22 @@ def one_set(name: str, data: Path, args: argparse.Namespace, work: Path, figures
     t_gen = time.time() - t1
     print(f"  epoch 0 (untrained): fd {m['fd_initial']:.4f} kid {m['kid_initial']:.5f}")
     for step, row in tracker.rows:
-        print(f"  epoch {step}: fd {row['fd']:.4f} kid {row['kid']:.5f} "
-              f"(d_loss {row['d_loss']:.3f}, g_loss {row['g_loss']:.3f})")
-    print(f"  real held-out vs train: fd {floor['fd']:.4f} kid {floor['kid']:.5f} "
-          f"[n_real {int(m['n_real'])}, n_fake {int(m['n_fake'])}]")
-    print(f"  fd / fd_untrained = {m['fd'] / m['fd_initial']:.3f}; "
-          f"fd / fd_real = {m['fd'] / max(floor['fd'], 1e-12):.2f}")
-    print(f"  time: mae {t_mae:.0f} s, generator {t_gen:.0f} s "
-          f"({m['steps']:.0f} steps, {m['train_images']:.0f} images)")
+        print(
+            f"  epoch {step}: fd {row['fd']:.4f} kid {row['kid']:.5f} "
+            f"(d_loss {row['d_loss']:.3f}, g_loss {row['g_loss']:.3f})"
+        )
+    print(
+        f"  real held-out vs train: fd {floor['fd']:.4f} kid {floor['kid']:.5f} "
+        f"[n_real {int(m['n_real'])}, n_fake {int(m['n_fake'])}]"
+    )
+    print(
+        f"  fd / fd_untrained = {m['fd'] / m['fd_initial']:.3f}; "
+        f"fd / fd_real = {m['fd'] / max(floor['fd'], 1e-12):.2f}"
+    )
+    print(
+        f"  time: mae {t_mae:.0f} s, generator {t_gen:.0f} s "
+        f"({m['steps']:.0f} steps, {m['train_images']:.0f} images)"
+    )
     figures.mkdir(parents=True, exist_ok=True)
     shutil.copy(out / "grids" / "samples.png", figures / f"generator_{name}.png")
     # Inpainting with the same MAE: rows = original, region greyed, filled (visible pixels untouched).
@@ -138,10 +157,19 @@ def one_set(name: str, data: Path, args: argparse.Namespace, work: Path, figures
     x = val[first[:8]]  # one image per class
     region = region_mask(x.shape[-2], x.shape[-1], box=(4, 12, 28, 20))  # a horizontal band
     filled = inpaint(encoder, x, region)
-    save_grid([x, torch.where(region, torch.full_like(x, 0.5), x), filled], figures / f"inpaint_{name}.png",
-              scale=3)
-    return {"fd": m["fd"], "kid": m["kid"], "fd_initial": m["fd_initial"], "kid_initial": m["kid_initial"],
-            "fd_real": floor["fd"], "kid_real": floor["kid"], "n": m["n_fake"], "seconds": t_gen}
+    save_grid(
+        [x, torch.where(region, torch.full_like(x, 0.5), x), filled], figures / f"inpaint_{name}.png", scale=3
+    )
+    return {
+        "fd": m["fd"],
+        "kid": m["kid"],
+        "fd_initial": m["fd_initial"],
+        "kid_initial": m["kid_initial"],
+        "fd_real": floor["fd"],
+        "kid_real": floor["kid"],
+        "n": m["n_fake"],
+        "seconds": t_gen,
+    }
 
 
 def main() -> None:

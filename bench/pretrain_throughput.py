@@ -56,8 +56,9 @@ class EncoderMaskTokenMAE(MaskedAutoencoderViT):
         return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
 
 
-def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, imgs: torch.Tensor, mask_ratio: float,
-              amp: bool) -> float:
+def step_time(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, imgs: torch.Tensor, mask_ratio: float, amp: bool
+) -> float:
     """Seconds for one forward + backward + optimizer step."""
     if imgs.is_cuda:
         torch.cuda.synchronize()
@@ -95,8 +96,10 @@ def throughput(args: argparse.Namespace) -> float:
             times[name] += [step_time(model, opt, imgs, args.mask_ratio, amp) for _ in range(args.steps)]
     ips = {k: args.batch_size / statistics.median(v) for k, v in times.items()}
     ratio = ips["mae"] / ips["baseline"]
-    print(f"arch {args.arch}  device {device}  batch {args.batch_size}  mask ratio {args.mask_ratio}"
-          f"  threads {torch.get_num_threads()}")
+    print(
+        f"arch {args.arch}  device {device}  batch {args.batch_size}  mask ratio {args.mask_ratio}"
+        f"  threads {torch.get_num_threads()}"
+    )
     print(f"MAE (visible patches only):     {ips['mae']:9.1f} images/s")
     print(f"baseline (mask tokens in enc.): {ips['baseline']:9.1f} images/s")
     print(f"speed-up: {ratio:.2f}x (target >= 2.5x)")
@@ -147,8 +150,15 @@ def cifar_run(args: argparse.Namespace) -> None:
     if out.exists():
         shutil.rmtree(out)
     data = class_subset(Path(args.cifar_dir), args.cifar_images, Path(f"{args.cifar_out}-data"))
-    cfg = Config(arch=args.cifar_arch, epochs=args.cifar_epochs, batch_size=128, lr=args.cifar_lr,
-                 warmup_epochs=1.0, device=args.device, grid_every=args.cifar_epochs)
+    cfg = Config(
+        arch=args.cifar_arch,
+        epochs=args.cifar_epochs,
+        batch_size=128,
+        lr=args.cifar_lr,
+        warmup_epochs=1.0,
+        device=args.device,
+        grid_every=args.cifar_epochs,
+    )
     tracker = _ListTracker()
     t0 = time.perf_counter()
     metrics = run(cfg, data, out, tracker, data_version={"md5": "cifar10-train-jpeg"}, progress=False)

@@ -106,8 +106,9 @@ def pretrain(images: torch.Tensor, arch: str, seconds: float) -> tuple[torch.nn.
     return mae.eval(), step
 
 
-def corrupted_images(cdata: Path, classes: list[str], per_cell: int, seed: int, size: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def corrupted_images(
+    cdata: Path, classes: list[str], per_cell: int, seed: int, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every cell's subset (the images ``components.evaluate`` scores), concatenated."""
     xs, ys = [], []
     for cell in corrupted_cells(cdata):
@@ -119,13 +120,20 @@ def corrupted_images(cdata: Path, classes: list[str], per_cell: int, seed: int, 
 
 def _paired(correct: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     """Mean paired difference of two 0/1 vectors on the same images and its 95% half-width."""
-    d = (correct.float() - ref.float())
+    d = correct.float() - ref.float()
     half = 1.96 * float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
     return float(d.mean()), half
 
 
-def budget_grid(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid: list[tuple[int, int]],
-                lr: float, seed: int, dataset: str) -> None:
+def budget_grid(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grid: list[tuple[int, int]],
+    lr: float,
+    seed: int,
+    dataset: str,
+) -> None:
     """Episodic TTT-MAE at each (steps, copies) on the same images; the last entry is the reference."""
     correct, cost = {}, {}
     for steps, copies in grid:
@@ -134,8 +142,11 @@ def budget_grid(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid: 
         probs = run_method("ttt_mae_episodic", model, x, MethodSettings(ttt=ttt))  # as `tessera evaluate`
         cost[steps, copies] = (time.perf_counter() - t0) / len(x)
         correct[steps, copies] = probs.argmax(1) == y
-        print(f"  {steps}x{copies}: {float(correct[steps, copies].float().mean()):.3f}"
-              f" ({cost[steps, copies]:.3f} s/img)", flush=True)
+        print(
+            f"  {steps}x{copies}: {float(correct[steps, copies].float().mean()):.3f}"
+            f" ({cost[steps, copies]:.3f} s/img)",
+            flush=True,
+        )
     ref = grid[-1]
     print(f"\nTTT-MAE budget (episodic, lr {lr}), {len(y)} corrupted images; reference {ref[0]}x{ref[1]}:")
     print("| steps x copies | copy-steps | accuracy ± CI95 | vs reference (paired, CI95) | agree | s/img |")
@@ -144,17 +155,20 @@ def budget_grid(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid: 
         c = correct[key]
         diff, half = _paired(c, correct[ref])
         agree = float((c == correct[ref]).float().mean())
-        print(f"| {key[0]}x{key[1]} | {key[0] * key[1]} | {float(c.float().mean()):.3f} ±"
-              f" {ci95_halfwidth(int(c.sum()), len(c)):.3f} | {diff:+.3f} ± {half:.3f} | {agree:.2f} |"
-              f" {cost[key]:.3f} |")
+        print(
+            f"| {key[0]}x{key[1]} | {key[0] * key[1]} | {float(c.float().mean()):.3f} ±"
+            f" {ci95_halfwidth(int(c.sum()), len(c)):.3f} | {diff:+.3f} ± {half:.3f} | {agree:.2f} |"
+            f" {cost[key]:.3f} |"
+        )
     for key in grid:
         name = f"robustness_{dataset}_ttt_{key[0]}x{key[1]}"
         print(f"RESULT {name}_acc {float(correct[key].float().mean()):.4f} acc")
         print(f"RESULT {name}_cost {cost[key]:.4f} s/img")
 
 
-def rotation_lrs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: list[float], dataset: str
-                 ) -> None:
+def rotation_lrs(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lrs: list[float], dataset: str
+) -> None:
     """Episodic rotation TTT (1 step) at each learning rate on the same images."""
     print(f"\nrotation TTT (episodic, 1 step) by learning rate, {len(y)} corrupted images:")
     for lr in lrs:
@@ -175,8 +189,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--copies", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--ttt-grid", default="",
-                   help="steps x copies budgets, e.g. 1x4,5x8,20x16 (the last is the reference)")
+    p.add_argument(
+        "--ttt-grid",
+        default="",
+        help="steps x copies budgets, e.g. 1x4,5x8,20x16 (the last is the reference)",
+    )
     p.add_argument("--rotation-lrs", default="", help="rotation TTT learning rates, e.g. 1e-3,1e-4")
     p.add_argument("--reuse", action="store_true", help="reuse the encoder/classifier of an earlier run")
     p.add_argument("--skip-table", action="store_true", help="only the grid and learning-rate sweeps")
@@ -194,12 +211,22 @@ def main() -> None:
         x, _, _ = load_split(data, "train")
         mae, steps = pretrain(x, a.arch, a.pretrain_s)
         checkpoint.save(checkpoint.make(a.arch, registry.config_of(a.arch), mae.state_dict()), enc)
-        am = adapt_step.run(adapt_step.Config(methods=("linear", "knn"), epochs=60), data, enc,
-                            work / "adapt")
-        print(f"dataset {a.dataset} arch {a.arch} pretrain {a.pretrain_s:.0f}s ({steps} steps of 128);"
-              f" linear probe test {am['linear/test_accuracy']:.3f}, kNN {am['knn/test_accuracy']:.3f}")
-    cfg = eval_step.Config(per_cell=a.per_cell, clean_subset=100, ttt_steps=a.steps, ttt_copies=a.copies,
-                           ttt_lr=a.lr, rotation_steps=1, progress=False)
+        am = adapt_step.run(
+            adapt_step.Config(methods=("linear", "knn"), epochs=60), data, enc, work / "adapt"
+        )
+        print(
+            f"dataset {a.dataset} arch {a.arch} pretrain {a.pretrain_s:.0f}s ({steps} steps of 128);"
+            f" linear probe test {am['linear/test_accuracy']:.3f}, kNN {am['knn/test_accuracy']:.3f}"
+        )
+    cfg = eval_step.Config(
+        per_cell=a.per_cell,
+        clean_subset=100,
+        ttt_steps=a.steps,
+        ttt_copies=a.copies,
+        ttt_lr=a.lr,
+        rotation_steps=1,
+        progress=False,
+    )
     if not a.skip_table:
         table(cfg, data, cdata, clf, work, a, sev)
     if a.ttt_grid or a.rotation_lrs:
@@ -212,20 +239,31 @@ def main() -> None:
             rotation_lrs(model, x, y, [float(v) for v in a.rotation_lrs.split(",")], a.dataset)
 
 
-def table(cfg: eval_step.Config, data: Path, cdata: Path, clf: Path, work: Path, a: argparse.Namespace,
-          sev: tuple[int, ...]) -> None:
+def table(
+    cfg: eval_step.Config,
+    data: Path,
+    cdata: Path,
+    clf: Path,
+    work: Path,
+    a: argparse.Namespace,
+    sev: tuple[int, ...],
+) -> None:
     """The robustness table of every method of ``cfg`` (components.evaluate on the corrupted set)."""
     m = eval_step.run(cfg, data, cdata, clf, work / "evaluate")
-    print(f"TTT-MAE: {a.steps} steps x {a.copies} copies, lr {a.lr}; rotation TTT: 1 step, lr 1e-3;"
-          f" {a.per_cell} images per cell, severities {sev}")
+    print(
+        f"TTT-MAE: {a.steps} steps x {a.copies} copies, lr {a.lr}; rotation TTT: 1 step, lr 1e-3;"
+        f" {a.per_cell} images per cell, severities {sev}"
+    )
     header = ["method", "clean", *[f"{c[:10]}@{sev[-1]}" for c in CORRUPTIONS], "mean(all)", "s/img"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for meth in cfg.methods:
         row = [meth, f"{m[f'clean/{meth}/accuracy']:.2f}"]
         row += [f"{m[f'corrupted/{meth}/{c}/{sev[-1]}']:.2f}" for c in CORRUPTIONS]
-        row += [f"{m[f'corrupted/{meth}/mean_accuracy']:.3f}±{m[f'corrupted/{meth}/ci95']:.3f}",
-                f"{m[f'cost/{meth}/seconds_per_image']:.3f}"]
+        row += [
+            f"{m[f'corrupted/{meth}/mean_accuracy']:.3f}±{m[f'corrupted/{meth}/ci95']:.3f}",
+            f"{m[f'cost/{meth}/seconds_per_image']:.3f}",
+        ]
         print("| " + " | ".join(row) + " |")
     for meth in cfg.methods:
         print(f"RESULT robustness_{a.dataset}_{meth}_mean_acc {m[f'corrupted/{meth}/mean_accuracy']:.4f} acc")

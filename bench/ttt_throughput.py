@@ -54,8 +54,10 @@ def main() -> None:
     torch.manual_seed(0)
     model = TTTClassifier(a.arch, registry.config_of(a.arch), num_classes=10).to(a.device).eval()
     settings = TTTSettings(steps=a.steps, copies=a.copies)
-    print(f"arch {a.arch}, steps {a.steps}, copies {a.copies}, device {a.device},"
-          f" threads {torch.get_num_threads()}")
+    print(
+        f"arch {a.arch}, steps {a.steps}, copies {a.copies}, device {a.device},"
+        f" threads {torch.get_num_threads()}"
+    )
     ratios, latency = {}, {}
     for b in [int(x) for x in a.batches.split(",")]:
         x = torch.rand(b, 3, 32, 32, device=a.device)
@@ -65,8 +67,10 @@ def main() -> None:
         trainer.run(x[:1])
         t_batched_runs, t_loop_runs = [], []
         for _ in range(a.repeats):
-            t_batched, res = _timed(a.device, functools.partial(adapt_batch, model, x, steps=a.steps,
-                                                                copies=a.copies, diagnostics=False))
+            t_batched, res = _timed(
+                a.device,
+                functools.partial(adapt_batch, model, x, steps=a.steps, copies=a.copies, diagnostics=False),
+            )
             t_loop, (loop_probs, _) = _timed(a.device, functools.partial(trainer.run, x))
             t_batched_runs.append(t_batched)
             t_loop_runs.append(t_loop)
@@ -76,9 +80,11 @@ def main() -> None:
         # a request's latency: batched, every request waits for the whole batch; loop, request i of a
         # queue of b waits for the i inputs before it and itself (mean: (b + 1) / 2 inputs)
         latency[b] = (1000 * t_batched, 1000 * t_loop / b * (b + 1) / 2)
-        print(f"batch {b:3d}: batched {b / t_batched:8.2f} inputs/s  loop {b / t_loop:8.2f} inputs/s"
-              f"  ratio {ratios[b]:.2f}x  latency batched {1000 * t_batched:.0f} ms/batch"
-              f" loop {1000 * t_loop / b:.0f} ms/input  max|dp| {diff:.1e}")
+        print(
+            f"batch {b:3d}: batched {b / t_batched:8.2f} inputs/s  loop {b / t_loop:8.2f} inputs/s"
+            f"  ratio {ratios[b]:.2f}x  latency batched {1000 * t_batched:.0f} ms/batch"
+            f" loop {1000 * t_loop / b:.0f} ms/input  max|dp| {diff:.1e}"
+        )
     for b, r in ratios.items():
         print(f"RESULT ttt_batched_speedup_b{b} {r:.2f} x")
     for b, (lat_batched, lat_loop) in latency.items():

@@ -63,8 +63,13 @@ def validate(cfg: Config) -> None:
 
 def ttt_defaults(cfg: Config) -> dict[str, Any]:
     """The TTT-MAE defaults stored in ``extra["ttt"]`` (serving and evaluate start from these)."""
-    return {"steps": cfg.ttt_steps, "copies": cfg.ttt_copies, "lr": cfg.ttt_lr,
-            "mask_ratio": cfg.ttt_mask_ratio, "momentum": 0.9}
+    return {
+        "steps": cfg.ttt_steps,
+        "copies": cfg.ttt_copies,
+        "lr": cfg.ttt_lr,
+        "mask_ratio": cfg.ttt_mask_ratio,
+        "momentum": 0.9,
+    }
 
 
 def _load_split(data_dir: Path, split: str, classes: list[str] | None, img_size: int, max_n: int, seed: int):
@@ -78,8 +83,13 @@ def _load_split(data_dir: Path, split: str, classes: list[str] | None, img_size:
     return fit_size(images, img_size), labels, classes
 
 
-def run(cfg: Config, data_dir: str | Path, encoder: str | Path, out_dir: str | Path,
-        tracker: Tracker | None = None) -> dict[str, float]:
+def run(
+    cfg: Config,
+    data_dir: str | Path,
+    encoder: str | Path,
+    out_dir: str | Path,
+    tracker: Tracker | None = None,
+) -> dict[str, float]:
     """Train the heads on the encoder ``encoder`` and the data ``data_dir``; write ``out_dir``."""
     import torch
 
@@ -98,8 +108,11 @@ def run(cfg: Config, data_dir: str | Path, encoder: str | Path, out_dir: str | P
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     enc_ckpt = checkpoint.load(encoder)
     backbone = from_checkpoint(enc_ckpt)
-    config = {"backbone_arch": enc_ckpt["arch"], "backbone_config": dict(enc_ckpt["config"]),
-              "rotation_head": cfg.rotation_head}
+    config = {
+        "backbone_arch": enc_ckpt["arch"],
+        "backbone_config": dict(enc_ckpt["config"]),
+        "rotation_head": cfg.rotation_head,
+    }
     torch.manual_seed(cfg.seed)
     img_size = int(encoder_of(backbone).img_size)
     train = _load_split(data_dir, "train", None, img_size, cfg.max_train, cfg.seed)
@@ -118,36 +131,75 @@ def run(cfg: Config, data_dir: str | Path, encoder: str | Path, out_dir: str | P
                 metrics[f"{prefix}/{split}_accuracy"] = accuracy(fn(ev[0]), ev[1])
 
     probe = TrainSettings(cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.rotation_weight, cfg.seed)
-    train_linear_probe(model, x_train, y_train, probe,
-                       on_epoch=lambda e, m: tracker.log_metrics({f"adapt/{k}": v for k, v in m.items()}, e))
+    train_linear_probe(
+        model,
+        x_train,
+        y_train,
+        probe,
+        on_epoch=lambda e, m: tracker.log_metrics({f"adapt/{k}": v for k, v in m.items()}, e),
+    )
     score("linear", lambda x: predict(model, x).argmax(1))
     if model.rot_head is not None:
+
         def rot_pred(x: torch.Tensor) -> torch.Tensor:
             xr, yr = rotate_batch(x[:256])
             with torch.no_grad():
                 return (model.rotation_logits(xr).argmax(1) == yr).float()
+
         for split, ev in evals.items():
             if ev is not None:
                 metrics[f"rotation/{split}_accuracy"] = float(rot_pred(ev[0]).mean())
     version = enc_ckpt.get("data_version")
-    extra = {"ttt": ttt_defaults(cfg), "adapt": to_dict(cfg), "encoder": str(encoder),
-             "encoder_arch": enc_ckpt["arch"], "method": "linear"}
-    checkpoint.save(checkpoint.make(ARCH, config, model.state_dict(), data_version=version,
-                                    classes=classes, extra={**extra, "metrics": dict(metrics)}),
-                    out_dir / CHECKPOINT)
+    extra = {
+        "ttt": ttt_defaults(cfg),
+        "adapt": to_dict(cfg),
+        "encoder": str(encoder),
+        "encoder_arch": enc_ckpt["arch"],
+        "method": "linear",
+    }
+    checkpoint.save(
+        checkpoint.make(
+            ARCH,
+            config,
+            model.state_dict(),
+            data_version=version,
+            classes=classes,
+            extra={**extra, "metrics": dict(metrics)},
+        ),
+        out_dir / CHECKPOINT,
+    )
     if "knn" in cfg.methods:
         bank = knn.knn_bank(model, x_train, y_train, classes, cfg.knn_k, cfg.knn_temperature)
         score("knn", lambda x: knn.knn_predict(model, bank, x))
         torch.save(bank, out_dir / "knn.pt")
     if "finetune" in cfg.methods:
-        ft = TrainSettings(cfg.finetune_epochs, cfg.finetune_lr, cfg.weight_decay, cfg.finetune_batch_size,
-                           cfg.rotation_weight, cfg.seed)
-        finetune(model, x_train, y_train, ft,
-                 on_epoch=lambda e, m: tracker.log_metrics({f"adapt/{k}": v for k, v in m.items()}, e))
+        ft = TrainSettings(
+            cfg.finetune_epochs,
+            cfg.finetune_lr,
+            cfg.weight_decay,
+            cfg.finetune_batch_size,
+            cfg.rotation_weight,
+            cfg.seed,
+        )
+        finetune(
+            model,
+            x_train,
+            y_train,
+            ft,
+            on_epoch=lambda e, m: tracker.log_metrics({f"adapt/{k}": v for k, v in m.items()}, e),
+        )
         score("finetune", lambda x: predict(model, x).argmax(1))
-        checkpoint.save(checkpoint.make(ARCH, config, model.state_dict(), data_version=version,
-                                        classes=classes, extra={**extra, "method": "finetune"}),
-                        out_dir / "finetuned.pt")
+        checkpoint.save(
+            checkpoint.make(
+                ARCH,
+                config,
+                model.state_dict(),
+                data_version=version,
+                classes=classes,
+                extra={**extra, "method": "finetune"},
+            ),
+            out_dir / "finetuned.pt",
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     tracker.log_metrics(metrics, step=cfg.epochs)

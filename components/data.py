@@ -27,8 +27,20 @@ from tessera.tracking import JsonTracker, NullTracker, Tracker
 
 F = TypeVar("F", bound=Callable[..., Any])
 STANDARD_15 = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-    "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
     "jpeg_compression",
 )  # the same list as tessera.corruptions.CORRUPTIONS, kept here so --help needs no numpy
 
@@ -61,6 +73,7 @@ class CorruptConfig:
 
 def _friendly(fn: F) -> F:
     """Turn Tessera's errors into one red line and exit code 2 instead of a traceback."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -68,6 +81,7 @@ def _friendly(fn: F) -> F:
         except TesseraError as e:
             typer.secho(f"data: {type(e).__name__}: {e}", fg="red", err=True)
             raise typer.Exit(2) from e
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -90,8 +104,9 @@ def _flat_counts(counts: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def run_build(cfg: Config, out_dir: str | Path = "runs/data", tracker: Tracker | None = None
-              ) -> dict[str, float]:
+def run_build(
+    cfg: Config, out_dir: str | Path = "runs/data", tracker: Tracker | None = None
+) -> dict[str, float]:
     """Build (or import) ``<root>/<name>``; metrics: image counts per split and seconds."""
     tracker = tracker or NullTracker()
     target = Path(cfg.root) / cfg.name
@@ -100,9 +115,15 @@ def run_build(cfg: Config, out_dir: str | Path = "runs/data", tracker: Tracker |
         from tessera.data.embedded import build_embedded
 
         with _bar(1797 + cfg.unlabeled_patches, f"build {cfg.name}") as bar:
-            manifest = build_embedded(target, name=cfg.name, seed=cfg.seed, fractions=cfg.split,
-                                      image_size=cfg.image_size, unlabeled_patches=cfg.unlabeled_patches,
-                                      progress=bar.update)
+            manifest = build_embedded(
+                target,
+                name=cfg.name,
+                seed=cfg.seed,
+                fractions=cfg.split,
+                image_size=cfg.image_size,
+                unlabeled_patches=cfg.unlabeled_patches,
+                progress=bar.update,
+            )
         counts = manifest["counts"]
     else:
         result = _import(Path(cfg.source), target, cfg.image_size, cfg.split, cfg.seed, cfg.max_pixels)
@@ -117,8 +138,9 @@ def _import(src: Path, target: Path, size: int, split: Any, seed: int, max_pixel
     from tessera.data.importer import import_folder, scan
 
     with _bar(len(scan(src)[1]) if src.is_dir() else 0, f"import {target.name}") as bar:
-        result = import_folder(src, target, size=size, split=split, seed=seed, max_pixels=max_pixels,
-                               progress=bar.update)
+        result = import_folder(
+            src, target, size=size, split=split, seed=seed, max_pixels=max_pixels, progress=bar.update
+        )
     if result.rejected:
         width = max(len(r["file"]) for r in result.rejected)
         typer.echo(f"rejected {len(result.rejected)} file(s) (report: {target / 'import_report.json'}):")
@@ -138,8 +160,13 @@ def corrupt_config(cfg: CorruptConfig) -> tuple[list[str], list[int]]:
     return names, [int(s) for s in cfg.severities]
 
 
-def run_corrupt(cfg: CorruptConfig, data_dir: str | Path, out_root: str | Path,
-                out_dir: str | Path = "runs/corrupt", tracker: Tracker | None = None) -> dict[str, float]:
+def run_corrupt(
+    cfg: CorruptConfig,
+    data_dir: str | Path,
+    out_root: str | Path,
+    out_dir: str | Path = "runs/corrupt",
+    tracker: Tracker | None = None,
+) -> dict[str, float]:
     """Write the corrupted test split ``out_root`` (e.g. ``data/digits-c``) and its contact sheet."""
     from tessera.corruptions.suite import corrupt_dataset, list_test_images
 
@@ -148,20 +175,35 @@ def run_corrupt(cfg: CorruptConfig, data_dir: str | Path, out_root: str | Path,
     start = time.perf_counter()
     n = len(list_test_images(Path(data_dir), cfg.max_per_class)[0])
     with _bar(n * len(names) * len(severities), f"corrupt {Path(data_dir).name}") as bar:
-        manifest = corrupt_dataset(data_dir, out_root, names, severities, seed=cfg.seed,
-                                   max_per_class=cfg.max_per_class, workers=cfg.workers,
-                                   progress=bar.update)
-    metrics = {"images": float(manifest["total"]), "images_per_cell": float(manifest["images_per_cell"]),
-               "corruptions": float(len(names)), "severities": float(len(severities)),
-               "seconds": time.perf_counter() - start}
+        manifest = corrupt_dataset(
+            data_dir,
+            out_root,
+            names,
+            severities,
+            seed=cfg.seed,
+            max_per_class=cfg.max_per_class,
+            workers=cfg.workers,
+            progress=bar.update,
+        )
+    metrics = {
+        "images": float(manifest["total"]),
+        "images_per_cell": float(manifest["images_per_cell"]),
+        "corruptions": float(len(names)),
+        "severities": float(len(severities)),
+        "seconds": time.perf_counter() - start,
+    }
     tracker.log_metrics(metrics, step=0)
     tracker.log_artifact(Path(out_root) / "contact_sheet.png")
     _write_metrics(out_dir, metrics)
     return metrics
 
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Build, import, corrupt and version image data sets.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Build, import, corrupt and version image data sets.",
+)
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -218,9 +260,13 @@ def corrupt_cli(
     p = load_params(params, preset) if Path(params).exists() else {}
     data_cfg = section_of(Config, p, "data")
     cfg = section_of(CorruptConfig, p, "corrupt")
-    changes: dict[str, Any] = {"corruptions": tuple(_csv(corruptions) or ()) or None,
-                               "severities": tuple(int(s) for s in _csv(severities) or ()) or None,
-                               "extras": extras, "max_per_class": max_per_class, "workers": workers}
+    changes: dict[str, Any] = {
+        "corruptions": tuple(_csv(corruptions) or ()) or None,
+        "severities": tuple(int(s) for s in _csv(severities) or ()) or None,
+        "extras": extras,
+        "max_per_class": max_per_class,
+        "workers": workers,
+    }
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
     name = name or data_cfg.name
     out_root = Path(data_cfg.root) / f"{name}-c"

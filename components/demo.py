@@ -34,13 +34,17 @@ def _data_phase(root: Path, params: dict[str, Any]) -> dict[str, Any]:
     for folder in (root / "data" / name, root / "data" / f"{name}-c"):
         version = lineage.data_version(folder)
         out[folder.name] = version
-        print(f"[data] {folder.relative_to(root)}: {version['files']} files, {version['size'] / 1e6:.1f} MB,"
-              f" DVC md5 {version['md5']}")
+        print(
+            f"[data] {folder.relative_to(root)}: {version['files']} files, {version['size'] / 1e6:.1f} MB,"
+            f" DVC md5 {version['md5']}"
+        )
     manifest = json.loads((root / "data" / name / "manifest.json").read_text())
     counts = manifest["counts"]
     split_sizes = {s: (sum(c.values()) if isinstance(c, dict) else c) for s, c in counts.items()}
-    print(f"[data] splits: {split_sizes}; classes: {len(manifest['classes'])}; sources: "
-          + ", ".join(p["file"].rsplit("/", 1)[-1] for p in manifest["provenance"]))
+    print(
+        f"[data] splits: {split_sizes}; classes: {len(manifest['classes'])}; sources: "
+        + ", ".join(p["file"].rsplit("/", 1)[-1] for p in manifest["provenance"])
+    )
     print(f"[data] contact sheet (corruptions x severities): data/{name}-c/contact_sheet.png")
     remotes = lineage.run_dvc(["remote", "list"], cwd=root).stdout.strip()
     print(f"[data] versioned in the DVC remote: {remotes}")
@@ -62,8 +66,10 @@ def _retrain_phase(preset: str | None, force: bool, deploy: bool) -> dict[str, A
         print(f"[retrain] {where['skipped']}")
     decision = where.get("decision") or {}
     if decision:
-        print(f"[retrain] promotion: {'PROMOTED' if decision.get('promoted') else 'not promoted'}"
-              f" - {decision.get('reason', '')}")
+        print(
+            f"[retrain] promotion: {'PROMOTED' if decision.get('promoted') else 'not promoted'}"
+            f" - {decision.get('reason', '')}"
+        )
     print(f"[retrain] champion versions: {where['champion_versions']}")
     if where.get("deployment"):
         served = {name: d.get("version") for name, d in where["deployment"].items()}
@@ -78,8 +84,11 @@ def _serve_phase(root: Path, params: dict[str, Any]) -> dict[str, Any]:
     from serving.demo import serve_champion
 
     name = params["data"]["name"]
-    return serve_champion(corrupted=root / "data" / f"{name}-c", test=root / "data" / name / "test",
-                          out=root / "runs" / "serving")
+    return serve_champion(
+        corrupted=root / "data" / f"{name}-c",
+        test=root / "data" / name / "test",
+        out=root / "runs" / "serving",
+    )
 
 
 def run(preset: str | None = None, force: bool = False, serve: bool = True, root: str | Path = ".") -> dict:

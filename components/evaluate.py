@@ -26,8 +26,15 @@ from tessera.config import load_params, section_of
 from tessera.errors import ConfigError, TesseraError
 from tessera.tracking import JsonTracker, NullTracker, Tracker
 
-ALL_METHODS = ("frozen", "normstat", "tent", "rotation_episodic", "rotation_online",
-               "ttt_mae_episodic", "ttt_mae_online")
+ALL_METHODS = (
+    "frozen",
+    "normstat",
+    "tent",
+    "rotation_episodic",
+    "rotation_online",
+    "ttt_mae_episodic",
+    "ttt_mae_online",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,16 +72,26 @@ def method_settings(cfg: Config, ttt: dict[str, Any]) -> Any:
     def pick(value: Any, key: str, default: Any) -> Any:
         return value if value is not None else ttt.get(key, default)
 
-    mae = TTTSettings(steps=int(pick(cfg.ttt_steps, "steps", 20)),
-                      copies=int(pick(cfg.ttt_copies, "copies", 16)),
-                      lr=float(pick(cfg.ttt_lr, "lr", 5e-3)), momentum=float(ttt.get("momentum", 0.9)),
-                      mask_ratio=float(pick(cfg.ttt_mask_ratio, "mask_ratio", 0.75)),
-                      reset_every=cfg.online_reset_every, seed=cfg.seed)
-    rot = TTTSettings(steps=cfg.rotation_steps, lr=cfg.rotation_lr, reset_every=cfg.online_reset_every,
-                      seed=cfg.seed)
-    return MethodSettings(ttt=mae, rotation=rot, tent=TentSettings(cfg.tent_lr, 0.9, cfg.tent_steps,
-                          cfg.tent_batch_size), normstat_prior=cfg.normstat_prior, batched=cfg.batched,
-                          batch_size=cfg.batch_size)
+    mae = TTTSettings(
+        steps=int(pick(cfg.ttt_steps, "steps", 20)),
+        copies=int(pick(cfg.ttt_copies, "copies", 16)),
+        lr=float(pick(cfg.ttt_lr, "lr", 5e-3)),
+        momentum=float(ttt.get("momentum", 0.9)),
+        mask_ratio=float(pick(cfg.ttt_mask_ratio, "mask_ratio", 0.75)),
+        reset_every=cfg.online_reset_every,
+        seed=cfg.seed,
+    )
+    rot = TTTSettings(
+        steps=cfg.rotation_steps, lr=cfg.rotation_lr, reset_every=cfg.online_reset_every, seed=cfg.seed
+    )
+    return MethodSettings(
+        ttt=mae,
+        rotation=rot,
+        tent=TentSettings(cfg.tent_lr, 0.9, cfg.tent_steps, cfg.tent_batch_size),
+        normstat_prior=cfg.normstat_prior,
+        batched=cfg.batched,
+        batch_size=cfg.batch_size,
+    )
 
 
 def load_classifier(path: str | Path, data_dir: Path) -> tuple[Any, dict[str, Any], list[str]]:
@@ -97,13 +114,21 @@ def load_classifier(path: str | Path, data_dir: Path) -> tuple[Any, dict[str, An
         raise DataError(f"{test_dir} not found: build the data first (`tessera data build`)")
     found = list_classes(test_dir)
     if sorted(found) != sorted(classes):
-        raise ModelError(f"classifier {path} predicts {k} classes {classes}, but {test_dir} has {len(found)}"
-                         f" classes {found}: {redo}")
+        raise ModelError(
+            f"classifier {path} predicts {k} classes {classes}, but {test_dir} has {len(found)}"
+            f" classes {found}: {redo}"
+        )
     return from_checkpoint(ckpt).eval(), ckpt, classes
 
 
-def run(cfg: Config, data_dir: str | Path, corrupted_dir: str | Path, classifier: str | Path,
-        out_dir: str | Path, tracker: Tracker | None = None) -> dict[str, float]:
+def run(
+    cfg: Config,
+    data_dir: str | Path,
+    corrupted_dir: str | Path,
+    classifier: str | Path,
+    out_dir: str | Path,
+    tracker: Tracker | None = None,
+) -> dict[str, float]:
     """Score every method of ``cfg`` clean and corrupted; write metrics, pictures and tables."""
     import torch
     from tqdm import tqdm
@@ -163,8 +188,13 @@ def _put(metrics: dict[str, float], prefix: str, s: dict[str, float], leaf: bool
     metrics[f"{prefix}/ci95"] = s["ci95"]
 
 
-def _summaries(metrics: dict[str, float], acc: dict[str, dict[str, dict[str, float]]],
-               totals: dict[str, list[int]], seconds: dict[str, float], images: dict[str, int]) -> None:
+def _summaries(
+    metrics: dict[str, float],
+    acc: dict[str, dict[str, dict[str, float]]],
+    totals: dict[str, list[int]],
+    seconds: dict[str, float],
+    images: dict[str, int],
+) -> None:
     from tessera.adapt.metrics import ci95_halfwidth
 
     for m, per_corr in acc.items():
@@ -177,8 +207,13 @@ def _summaries(metrics: dict[str, float], acc: dict[str, dict[str, dict[str, flo
         metrics[f"cost/{m}/seconds_per_image"] = seconds[m] / max(images[m], 1)
 
 
-def _write_outputs(out_dir: Path, metrics: dict[str, float], acc: dict[str, dict[str, dict[str, float]]],
-                   cells: list[Any], tracker: Tracker) -> None:
+def _write_outputs(
+    out_dir: Path,
+    metrics: dict[str, float],
+    acc: dict[str, dict[str, dict[str, float]]],
+    cells: list[Any],
+    tracker: Tracker,
+) -> None:
     from tessera.adapt.plots import bar_chart, heatmap
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -192,8 +227,16 @@ def _write_outputs(out_dir: Path, metrics: dict[str, float], acc: dict[str, dict
         for m in methods:
             for cell in cells:
                 key = f"corrupted/{m}/{cell.corruption}/{cell.severity}"
-                w.writerow([m, cell.corruption, cell.severity, metrics[key], int(metrics[f"{key}/n"]),
-                            metrics[f"{key}/ci95"]])
+                w.writerow(
+                    [
+                        m,
+                        cell.corruption,
+                        cell.severity,
+                        metrics[key],
+                        int(metrics[f"{key}/n"]),
+                        metrics[f"{key}/ci95"],
+                    ]
+                )
     severities = sorted({c.severity for c in cells}, key=lambda s: (len(s), s))
     with (plots / "per_severity.csv").open("w", newline="") as f:
         w = csv.writer(f)
@@ -205,8 +248,13 @@ def _write_outputs(out_dir: Path, metrics: dict[str, float], acc: dict[str, dict
         w.writerow(["corruption", *methods])
         for c in sorted({cell.corruption for cell in cells}):
             w.writerow([c, *[_mean(list(acc[m][c].values())) for m in methods]])
-    for path in (heatmap(acc, out_dir / "heatmap.png"), bar_chart(acc, out_dir / "bars.png"),
-                 plots / "cells.csv", plots / "per_severity.csv", plots / "per_corruption.csv"):
+    for path in (
+        heatmap(acc, out_dir / "heatmap.png"),
+        bar_chart(acc, out_dir / "bars.png"),
+        plots / "cells.csv",
+        plots / "per_severity.csv",
+        plots / "per_corruption.csv",
+    ):
         tracker.log_artifact(path)
     tracker.log_metrics({k: v for k, v in metrics.items() if k.count("/") <= 2}, step=0)
 
@@ -215,8 +263,9 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def execute(params: str, preset: str | None, data: str | None, corrupted: str | None, classifier: str,
-            out: str) -> dict[str, float]:
+def execute(
+    params: str, preset: str | None, data: str | None, corrupted: str | None, classifier: str, out: str
+) -> dict[str, float]:
     """Shared by ``main`` and ``cli``: read params, pick the folders, run with a JSON-lines tracker."""
     all_params = load_params(params, preset)
     cfg = section_of(Config, all_params, "evaluate")

@@ -110,20 +110,25 @@ def check_unchanged(path: str | Path) -> dict[str, Any]:
         return current
     old = _cached_tree(repo_root(path), str(recorded["md5"])) if path.is_dir() else None
     if old is None:
-        raise DataError(f"{path} changed after it was versioned (DVC md5 {recorded['md5']}, now "
-                        f"{current['md5']}); the recorded listing is not in the cache, so the files "
-                        "cannot be named: run `dvc pull` or `dvc checkout` to restore it")
+        raise DataError(
+            f"{path} changed after it was versioned (DVC md5 {recorded['md5']}, now "
+            f"{current['md5']}); the recorded listing is not in the cache, so the files "
+            "cannot be named: run `dvc pull` or `dvc checkout` to restore it"
+        )
     new = tree_of(path)
     changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
     added, deleted = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
     parts = []
     for label, names in (("modified", changed), ("added", added), ("deleted", deleted)):
         if names:
-            shown = ", ".join(names[:MAX_LISTED]) + (f" (+{len(names) - MAX_LISTED} more)"
-                                                      if len(names) > MAX_LISTED else "")
+            shown = ", ".join(names[:MAX_LISTED]) + (
+                f" (+{len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
+            )
             parts.append(f"{label}: {shown}")
-    raise DataError(f"{path} changed after it was versioned ({'; '.join(parts)}): restore it with "
-                    f"`dvc checkout {path}`, or version the new data with `dvc repro` / `dvc add`")
+    raise DataError(
+        f"{path} changed after it was versioned ({'; '.join(parts)}): restore it with "
+        f"`dvc checkout {path}`, or version the new data with `dvc repro` / `dvc add`"
+    )
 
 
 @contextlib.contextmanager
@@ -147,22 +152,26 @@ def _env_with_this_python() -> dict[str, str]:
     return env
 
 
-def run_dvc(args: Sequence[str], cwd: str | Path = ".", retries: int = 5, timeout: float = 600
-            ) -> subprocess.CompletedProcess[str]:
+def run_dvc(
+    args: Sequence[str], cwd: str | Path = ".", retries: int = 5, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """Run ``dvc ARGS`` in ``cwd``'s repository, one at a time; retry when DVC's own lock is busy."""
     root = repo_root(cwd)
     cmd = [sys.executable, "-m", "dvc", *args]
     for attempt in range(retries + 1):
         with dvc_lock(root):
-            proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout,
-                                  env=_env_with_this_python())
+            proc = subprocess.run(
+                cmd, cwd=root, capture_output=True, text=True, timeout=timeout, env=_env_with_this_python()
+            )
         busy = "Unable to acquire lock" in proc.stderr or "is busy" in proc.stderr
         if proc.returncode == 0 or not busy or attempt == retries:
             break
         time.sleep(0.5 * (attempt + 1))  # another DVC (outside Tessera) holds the repo lock
     if proc.returncode != 0:
-        raise DataError(f"`dvc {' '.join(args)}` failed in {root} (exit {proc.returncode}): "
-                        f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+        raise DataError(
+            f"`dvc {' '.join(args)}` failed in {root} (exit {proc.returncode}): "
+            f"{(proc.stderr or proc.stdout).strip()[-2000:]}"
+        )
     return proc
 
 

@@ -8,7 +8,6 @@ cached. ``tessera kfp compile`` writes ``infra/kfp/retrain.yaml``; ``tessera kfp
 lightweight twin of this DAG (``components/pipeline_local.py``) with ``kfp.local``, no Docker needed.
 """
 
-
 import os  # no `from __future__ import annotations`: KFP reads the real annotation types
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,9 @@ def train_image() -> str:
     return os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
 
 
-def build_pipeline(image: str | None = None, gpu_type: str = "nvidia.com/gpu", retries: int = 2,
-                   caching: bool = True) -> Any:
+def build_pipeline(
+    image: str | None = None, gpu_type: str = "nvidia.com/gpu", retries: int = 2, caching: bool = True
+) -> Any:
     """The KFP pipeline function for ``image`` (container components closed over the image)."""
     from kfp import dsl
 
@@ -38,58 +38,155 @@ def build_pipeline(image: str | None = None, gpu_type: str = "nvidia.com/gpu", r
 
     @dsl.container_component
     def pretrain(data: dsl.Input[dsl.Dataset], params: str, preset: str, encoder: dsl.Output[dsl.Model]):
-        return dsl.ContainerSpec(image=image, command=[*py, "components.pretrain"], args=[
-            "--params", params, "--preset", preset, "--data", data.path, "--out", encoder.path])
+        return dsl.ContainerSpec(
+            image=image,
+            command=[*py, "components.pretrain"],
+            args=["--params", params, "--preset", preset, "--data", data.path, "--out", encoder.path],
+        )
 
     @dsl.container_component
-    def generator(data: dsl.Input[dsl.Dataset], encoder: dsl.Input[dsl.Model], params: str, preset: str,
-                  out: dsl.Output[dsl.Model]):
-        return dsl.ContainerSpec(image=image, command=[*py, "components.train_generator"], args=[
-            "--params", params, "--preset", preset, "--data", data.path,
-            "--encoder", dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]), "--out", out.path])
+    def generator(
+        data: dsl.Input[dsl.Dataset],
+        encoder: dsl.Input[dsl.Model],
+        params: str,
+        preset: str,
+        out: dsl.Output[dsl.Model],
+    ):
+        return dsl.ContainerSpec(
+            image=image,
+            command=[*py, "components.train_generator"],
+            args=[
+                "--params",
+                params,
+                "--preset",
+                preset,
+                "--data",
+                data.path,
+                "--encoder",
+                dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
+                "--out",
+                out.path,
+            ],
+        )
 
     @dsl.container_component
-    def adapt(data: dsl.Input[dsl.Dataset], encoder: dsl.Input[dsl.Model], params: str, preset: str,
-              classifier: dsl.Output[dsl.Model]):
-        return dsl.ContainerSpec(image=image, command=[*py, "components.adapt"], args=[
-            "--params", params, "--preset", preset, "--data", data.path,
-            "--encoder", dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]), "--out", classifier.path])
+    def adapt(
+        data: dsl.Input[dsl.Dataset],
+        encoder: dsl.Input[dsl.Model],
+        params: str,
+        preset: str,
+        classifier: dsl.Output[dsl.Model],
+    ):
+        return dsl.ContainerSpec(
+            image=image,
+            command=[*py, "components.adapt"],
+            args=[
+                "--params",
+                params,
+                "--preset",
+                preset,
+                "--data",
+                data.path,
+                "--encoder",
+                dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
+                "--out",
+                classifier.path,
+            ],
+        )
 
     @dsl.container_component
-    def evaluate(data: dsl.Input[dsl.Dataset], corrupted: dsl.Input[dsl.Dataset],
-                 classifier: dsl.Input[dsl.Model], params: str, preset: str,
-                 evaluation: dsl.Output[dsl.Artifact]):
-        return dsl.ContainerSpec(image=image, command=[*py, "components.evaluate"], args=[
-            "--params", params, "--preset", preset, "--data", data.path, "--corrupted", corrupted.path,
-            "--classifier", dsl.ConcatPlaceholder([classifier.path, "/classifier.pt"]),
-            "--out", evaluation.path])
+    def evaluate(
+        data: dsl.Input[dsl.Dataset],
+        corrupted: dsl.Input[dsl.Dataset],
+        classifier: dsl.Input[dsl.Model],
+        params: str,
+        preset: str,
+        evaluation: dsl.Output[dsl.Artifact],
+    ):
+        return dsl.ContainerSpec(
+            image=image,
+            command=[*py, "components.evaluate"],
+            args=[
+                "--params",
+                params,
+                "--preset",
+                preset,
+                "--data",
+                data.path,
+                "--corrupted",
+                corrupted.path,
+                "--classifier",
+                dsl.ConcatPlaceholder([classifier.path, "/classifier.pt"]),
+                "--out",
+                evaluation.path,
+            ],
+        )
 
     @dsl.container_component
-    def register(encoder: dsl.Input[dsl.Model], generator: dsl.Input[dsl.Model],
-                 classifier: dsl.Input[dsl.Model], evaluation: dsl.Input[dsl.Artifact],
-                 data: dsl.Input[dsl.Dataset], params: str, preset: str):
-        return dsl.ContainerSpec(image=image, command=[*py, "components.registry_cli"], args=[
-            "register", "--params", params, "--preset", preset, "--data", data.path,
-            "--encoder", dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
-            "--generator", dsl.ConcatPlaceholder([generator.path, "/generator.pt"]),
-            "--classifier", dsl.ConcatPlaceholder([classifier.path, "/classifier.pt"]),
-            "--evaluation", dsl.ConcatPlaceholder([evaluation.path, "/metrics.json"]), "--promote"])
+    def register(
+        encoder: dsl.Input[dsl.Model],
+        generator: dsl.Input[dsl.Model],
+        classifier: dsl.Input[dsl.Model],
+        evaluation: dsl.Input[dsl.Artifact],
+        data: dsl.Input[dsl.Dataset],
+        params: str,
+        preset: str,
+    ):
+        return dsl.ContainerSpec(
+            image=image,
+            command=[*py, "components.registry_cli"],
+            args=[
+                "register",
+                "--params",
+                params,
+                "--preset",
+                preset,
+                "--data",
+                data.path,
+                "--encoder",
+                dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
+                "--generator",
+                dsl.ConcatPlaceholder([generator.path, "/generator.pt"]),
+                "--classifier",
+                dsl.ConcatPlaceholder([classifier.path, "/classifier.pt"]),
+                "--evaluation",
+                dsl.ConcatPlaceholder([evaluation.path, "/metrics.json"]),
+                "--promote",
+            ],
+        )
 
-    @dsl.pipeline(name="tessera-retrain",
-                  description="Pretrain, generator, adapt, evaluate, register, promote")
+    @dsl.pipeline(
+        name="tessera-retrain", description="Pretrain, generator, adapt, evaluate, register, promote"
+    )
     def retrain(data_uri: str, corrupted_uri: str, params: str = "params.yaml", preset: str = "demo"):
         data = dsl.importer(artifact_uri=data_uri, artifact_class=dsl.Dataset, reimport=False)
         corrupted = dsl.importer(artifact_uri=corrupted_uri, artifact_class=dsl.Dataset, reimport=False)
         t_pre = pretrain(data=data.output, params=params, preset=preset)
         t_gen = generator(data=data.output, encoder=t_pre.outputs["encoder"], params=params, preset=preset)
         t_ada = adapt(data=data.output, encoder=t_pre.outputs["encoder"], params=params, preset=preset)
-        t_eva = evaluate(data=data.output, corrupted=corrupted.output, classifier=t_ada.outputs["classifier"],
-                         params=params, preset=preset)
-        t_reg = register(encoder=t_pre.outputs["encoder"], generator=t_gen.outputs["out"],
-                         classifier=t_ada.outputs["classifier"], evaluation=t_eva.outputs["evaluation"],
-                         data=data.output, params=params, preset=preset)
-        for name, t in (("pretrain", t_pre), ("generator", t_gen), ("adapt", t_ada),
-                        ("evaluate", t_eva), ("register", t_reg)):
+        t_eva = evaluate(
+            data=data.output,
+            corrupted=corrupted.output,
+            classifier=t_ada.outputs["classifier"],
+            params=params,
+            preset=preset,
+        )
+        t_reg = register(
+            encoder=t_pre.outputs["encoder"],
+            generator=t_gen.outputs["out"],
+            classifier=t_ada.outputs["classifier"],
+            evaluation=t_eva.outputs["evaluation"],
+            data=data.output,
+            params=params,
+            preset=preset,
+        )
+        for name, t in (
+            ("pretrain", t_pre),
+            ("generator", t_gen),
+            ("adapt", t_ada),
+            ("evaluate", t_eva),
+            ("register", t_reg),
+        ):
             t.set_display_name(name).set_caching_options(caching and name != "register")
             t.set_retry(num_retries=retries, backoff_duration="30s")
             if name in GPU_STEPS:
@@ -109,20 +206,22 @@ def compile_yaml(path: str | Path = YAML_PATH, image: str | None = None) -> Path
 
 
 @app.command("compile")
-def compile_cmd(out: Path = typer.Option(YAML_PATH, "--out", help="where to write the pipeline YAML"),
-                image: str = typer.Option(None, "--image", help=f"train image (default ${IMAGE_ENV} or "
-                                                                f"{DEFAULT_IMAGE})")) -> None:
+def compile_cmd(
+    out: Path = typer.Option(YAML_PATH, "--out", help="where to write the pipeline YAML"),
+    image: str = typer.Option(None, "--image", help=f"train image (default ${IMAGE_ENV} or {DEFAULT_IMAGE})"),
+) -> None:
     """Compile the KFP v2 retrain pipeline to YAML (submit it with the KFP UI or client)."""
     typer.echo(f"wrote {compile_yaml(out, image)}")
 
 
 @app.command("run-local")
-def run_local_cmd(data: Path = typer.Option(..., "--data", help="image folder data/<name>"),
-                  corrupted: Path = typer.Option(..., "--corrupted", help="corrupted set data/<name>-c"),
-                  params: Path = typer.Option(Path("params.yaml"), "--params"),
-                  preset: str = typer.Option(None, "--preset"),
-                  root: Path = typer.Option(Path(".tessera/kfp-local"), "--root", help="pipeline root"),
-                  ) -> None:
+def run_local_cmd(
+    data: Path = typer.Option(..., "--data", help="image folder data/<name>"),
+    corrupted: Path = typer.Option(..., "--corrupted", help="corrupted set data/<name>-c"),
+    params: Path = typer.Option(Path("params.yaml"), "--params"),
+    preset: str = typer.Option(None, "--preset"),
+    root: Path = typer.Option(Path(".tessera/kfp-local"), "--root", help="pipeline root"),
+) -> None:
     """Run the lightweight twin of the pipeline in this environment with kfp.local (no Docker)."""
     from components.pipeline_local import run_local
     from tessera.config import load_params

@@ -6,7 +6,6 @@ the current environment (``use_venv=False``). Parameters travel as one JSON stri
 paths. Used by the tests and by ``tessera kfp run-local``.
 """
 
-
 import json  # no `from __future__ import annotations`: KFP reads the real annotation types
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,9 @@ def pretrain_step(params_json: str, data_dir: str, encoder: dsl.Output[dsl.Model
 
 
 @dsl.component(**_opts)
-def generator_step(params_json: str, data_dir: str, encoder: dsl.Input[dsl.Model],
-                   generator: dsl.Output[dsl.Model]):
+def generator_step(
+    params_json: str, data_dir: str, encoder: dsl.Input[dsl.Model], generator: dsl.Output[dsl.Model]
+):
     import json
     from pathlib import Path
 
@@ -43,8 +43,9 @@ def generator_step(params_json: str, data_dir: str, encoder: dsl.Input[dsl.Model
 
 
 @dsl.component(**_opts)
-def adapt_step(params_json: str, data_dir: str, encoder: dsl.Input[dsl.Model],
-               classifier: dsl.Output[dsl.Model]):
+def adapt_step(
+    params_json: str, data_dir: str, encoder: dsl.Input[dsl.Model], classifier: dsl.Output[dsl.Model]
+):
     import json
     from pathlib import Path
 
@@ -56,8 +57,14 @@ def adapt_step(params_json: str, data_dir: str, encoder: dsl.Input[dsl.Model],
 
 
 @dsl.component(**_opts)
-def evaluate_step(params_json: str, data_dir: str, corrupted_dir: str, classifier: dsl.Input[dsl.Model],
-                  evaluation: dsl.Output[dsl.Artifact], metrics: dsl.Output[dsl.Metrics]):
+def evaluate_step(
+    params_json: str,
+    data_dir: str,
+    corrupted_dir: str,
+    classifier: dsl.Input[dsl.Model],
+    evaluation: dsl.Output[dsl.Artifact],
+    metrics: dsl.Output[dsl.Metrics],
+):
     import json
     from pathlib import Path
 
@@ -65,17 +72,23 @@ def evaluate_step(params_json: str, data_dir: str, corrupted_dir: str, classifie
     from tessera.config import section_of
 
     cfg = section_of(evaluate.Config, json.loads(params_json), "evaluate")
-    result = evaluate.run(cfg, data_dir, corrupted_dir, Path(classifier.path) / "classifier.pt",
-                          Path(evaluation.path))
+    result = evaluate.run(
+        cfg, data_dir, corrupted_dir, Path(classifier.path) / "classifier.pt", Path(evaluation.path)
+    )
     for key, value in result.items():
         if "/" not in key.split("/", 2)[-1] and isinstance(value, int | float):
             metrics.log_metric(key.replace("/", "."), float(value))
 
 
 @dsl.component(**_opts)
-def register_step(params_json: str, data_dir: str, encoder: dsl.Input[dsl.Model],
-                  generator: dsl.Input[dsl.Model], classifier: dsl.Input[dsl.Model],
-                  evaluation: dsl.Input[dsl.Artifact]) -> str:
+def register_step(
+    params_json: str,
+    data_dir: str,
+    encoder: dsl.Input[dsl.Model],
+    generator: dsl.Input[dsl.Model],
+    classifier: dsl.Input[dsl.Model],
+    evaluation: dsl.Input[dsl.Artifact],
+) -> str:
     import json
     from pathlib import Path
 
@@ -84,15 +97,21 @@ def register_step(params_json: str, data_dir: str, encoder: dsl.Input[dsl.Model]
 
     params = json.loads(params_json)
     mlflow_cfg = section_of(tracking.Config, params, "mlflow")
-    checkpoints = {"encoder": Path(encoder.path) / "encoder.pt",
-                   "classifier": Path(classifier.path) / "classifier.pt"}
+    checkpoints = {
+        "encoder": Path(encoder.path) / "encoder.pt",
+        "classifier": Path(classifier.path) / "classifier.pt",
+    }
     if (Path(generator.path) / "generator.pt").is_file():
         checkpoints["generator"] = Path(generator.path) / "generator.pt"
     evaluation_metrics = json.loads((Path(evaluation.path) / "metrics.json").read_text())
-    numbers = {k: float(v) for k, v in evaluation_metrics.items()
-               if isinstance(v, int | float) and not isinstance(v, bool)}
-    release, _ = registry.release_from_files(mlflow_cfg, params, data_dir, checkpoints, numbers,
-                                             "kfp-release")
+    numbers = {
+        k: float(v)
+        for k, v in evaluation_metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    release, _ = registry.release_from_files(
+        mlflow_cfg, params, data_dir, checkpoints, numbers, "kfp-release"
+    )
     decision = promotion.promote(release, section_of(promotion.Config, params, "promote"), mlflow_cfg)
     return json.dumps({"release": release, "promoted": decision.promoted, "reason": decision.reason})
 
@@ -102,21 +121,41 @@ def retrain_local(params_json: str, data_dir: str, corrupted_dir: str) -> str:
     pre = pretrain_step(params_json=params_json, data_dir=data_dir)
     gen = generator_step(params_json=params_json, data_dir=data_dir, encoder=pre.outputs["encoder"])
     ada = adapt_step(params_json=params_json, data_dir=data_dir, encoder=pre.outputs["encoder"])
-    eva = evaluate_step(params_json=params_json, data_dir=data_dir, corrupted_dir=corrupted_dir,
-                        classifier=ada.outputs["classifier"])
-    reg = register_step(params_json=params_json, data_dir=data_dir, encoder=pre.outputs["encoder"],
-                        generator=gen.outputs["generator"], classifier=ada.outputs["classifier"],
-                        evaluation=eva.outputs["evaluation"])
+    eva = evaluate_step(
+        params_json=params_json,
+        data_dir=data_dir,
+        corrupted_dir=corrupted_dir,
+        classifier=ada.outputs["classifier"],
+    )
+    reg = register_step(
+        params_json=params_json,
+        data_dir=data_dir,
+        encoder=pre.outputs["encoder"],
+        generator=gen.outputs["generator"],
+        classifier=ada.outputs["classifier"],
+        evaluation=eva.outputs["evaluation"],
+    )
     return reg.output
 
 
-def run_local(params: dict[str, Any], data: str | Path, corrupted: str | Path, pipeline_root: str | Path,
-              caching: bool = False) -> dict[str, Any]:
+def run_local(
+    params: dict[str, Any],
+    data: str | Path,
+    corrupted: str | Path,
+    pipeline_root: str | Path,
+    caching: bool = False,
+) -> dict[str, Any]:
     """Run :func:`retrain_local` with ``kfp.local`` here; returns the register step's answer."""
     from kfp import local
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
-               enable_caching=caching)
-    task = retrain_local(params_json=json.dumps(params), data_dir=str(Path(data).resolve()),
-                         corrupted_dir=str(Path(corrupted).resolve()))
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(pipeline_root),
+        enable_caching=caching,
+    )
+    task = retrain_local(
+        params_json=json.dumps(params),
+        data_dir=str(Path(data).resolve()),
+        corrupted_dir=str(Path(corrupted).resolve()),
+    )
     return dict(json.loads(task.output))

@@ -139,8 +139,9 @@ def run(
         shutdown(env)
 
 
-def _train(cfg: Config, data_dir: Path, out_dir: Path, tracker: Tracker, given_version: Any,
-           progress: bool, env: Any) -> dict[str, float]:
+def _train(
+    cfg: Config, data_dir: Path, out_dir: Path, tracker: Tracker, given_version: Any, progress: bool, env: Any
+) -> dict[str, float]:
     import torch
 
     from tessera import checkpoint
@@ -182,12 +183,26 @@ def _train(cfg: Config, data_dir: Path, out_dir: Path, tracker: Tracker, given_v
         if not env.is_main:
             return
         tracker.log_metrics({f"pretrain/{k}": v for k, v in metrics.items()}, step=epoch)
-        extra = {"method": cfg.method, "pretrain": to_dict(cfg), "history": history,
-                 "steps_per_epoch": len(loader)}
-        checkpoint.save(checkpoint.make(
-            cfg.arch, model_cfg, model.state_dict(), optimizer=optimizer.state_dict(),
-            epoch=epoch, step=step, data_version=version, extra=extra, rng=tr.rng_state(),
-        ), ckpt_path)
+        extra = {
+            "method": cfg.method,
+            "pretrain": to_dict(cfg),
+            "history": history,
+            "steps_per_epoch": len(loader),
+        }
+        checkpoint.save(
+            checkpoint.make(
+                cfg.arch,
+                model_cfg,
+                model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                epoch=epoch,
+                step=step,
+                data_version=version,
+                extra=extra,
+                rng=tr.rng_state(),
+            ),
+            ckpt_path,
+        )
         if cfg.method == "mae" and cfg.grid_every and (epoch % cfg.grid_every == 0 or epoch == cfg.epochs):
             grid = out_dir / "grids" / f"recon_e{epoch:03d}.png"
             tracker.log_artifact(save_mae_grid(model, grid_images, grid, cfg.seed))  # type: ignore[arg-type]
@@ -196,10 +211,17 @@ def _train(cfg: Config, data_dir: Path, out_dir: Path, tracker: Tracker, given_v
     if cfg.compile:
         trained = torch.compile(trained)  # type: ignore[assignment]
     step = tr.fit(
-        trained, loader, optimizer, loss_fn=loss_fn_for(cfg.method),
+        trained,
+        loader,
+        optimizer,
+        loss_fn=loss_fn_for(cfg.method),
         settings=tr.LoopSettings(cfg.epochs, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.amp, 0.0, cfg.seed),
-        env=env, start_epoch=start_epoch, start_step=start_step,
-        after_step=after_step if cfg.method == "byol" else None, on_epoch_end=on_epoch_end, progress=progress,
+        env=env,
+        start_epoch=start_epoch,
+        start_step=start_step,
+        after_step=after_step if cfg.method == "byol" else None,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
     )
     speeds = sorted(h["images_per_s"] for h in history) or [0.0]
     result = {
@@ -216,8 +238,15 @@ def _train(cfg: Config, data_dir: Path, out_dir: Path, tracker: Tracker, given_v
     return result
 
 
-def execute(params: str, preset: str | None, data: str | None, out: str, data_version: str | None,
-            fresh: bool = False, progress: bool = True) -> dict[str, float]:
+def execute(
+    params: str,
+    preset: str | None,
+    data: str | None,
+    out: str,
+    data_version: str | None,
+    fresh: bool = False,
+    progress: bool = True,
+) -> dict[str, float]:
     """Shared by ``main`` and ``cli``: read params, pick the data folder, run with a JSON-lines tracker."""
     all_params = load_params(params, preset)
     cfg = section_of(Config, all_params, "pretrain")

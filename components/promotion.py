@@ -60,10 +60,17 @@ class Decision:
 
     def markdown(self) -> str:
         verdict = "PROMOTED" if self.promoted else "NOT promoted"
-        lines = [f"# Promotion: {verdict}{' (dry run)' if self.dry_run else ''}", "",
-                 f"- challenger release: `{self.release}` (versions {self.versions})",
-                 f"- champion before: `{self.champion_release}`", f"- reason: {self.reason}",
-                 f"- forced: {self.forced}", "", "| number | value |", "|---|---|"]
+        lines = [
+            f"# Promotion: {verdict}{' (dry run)' if self.dry_run else ''}",
+            "",
+            f"- challenger release: `{self.release}` (versions {self.versions})",
+            f"- champion before: `{self.champion_release}`",
+            f"- reason: {self.reason}",
+            f"- forced: {self.forced}",
+            "",
+            "| number | value |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {v:.4f} |" for k, v in sorted(self.numbers.items())]
         return "\n".join(lines) + "\n"
 
@@ -72,8 +79,9 @@ class PromotionError(TesseraError):
     """A promotion or rollback cannot be carried out (no such release, no previous champion)."""
 
 
-def decide(cfg: Config, challenger: dict[str, float], champion: dict[str, float] | None
-           ) -> tuple[bool, str, dict[str, float]]:
+def decide(
+    cfg: Config, challenger: dict[str, float], champion: dict[str, float] | None
+) -> tuple[bool, str, dict[str, float]]:
     """The gate itself, pure: (promote?, reason, the numbers it compared)."""
     for key in (cfg.clean_metric, cfg.corrupted_metric):
         if key not in challenger:
@@ -82,24 +90,29 @@ def decide(cfg: Config, challenger: dict[str, float], champion: dict[str, float]
     numbers = {"challenger/clean": clean, "challenger/corrupted": corr}
     if champion is None:
         ok = clean >= cfg.min_clean_accuracy and corr >= cfg.min_corrupted_accuracy
-        why = (f"first champion: clean {clean:.4f} (min {cfg.min_clean_accuracy}), corrupted "
-               f"{corr:.4f} (min {cfg.min_corrupted_accuracy})")
+        why = (
+            f"first champion: clean {clean:.4f} (min {cfg.min_clean_accuracy}), corrupted "
+            f"{corr:.4f} (min {cfg.min_corrupted_accuracy})"
+        )
         return ok, ("meets the minimums; " if ok else "below the minimums; ") + why, numbers
     c_clean, c_corr = champion.get(cfg.clean_metric, 0.0), champion.get(cfg.corrupted_metric, 0.0)
     drop, gain = c_clean - clean, corr - c_corr
-    numbers.update({"champion/clean": c_clean, "champion/corrupted": c_corr,
-                    "clean_drop": drop, "corrupted_gain": gain})
+    numbers.update(
+        {"champion/clean": c_clean, "champion/corrupted": c_corr, "clean_drop": drop, "corrupted_gain": gain}
+    )
     if drop > cfg.max_clean_drop:
         return False, f"clean accuracy falls by {drop:.4f} > max_clean_drop {cfg.max_clean_drop}", numbers
     if gain < cfg.min_corrupted_gain:
-        return False, (f"corrupted accuracy gain {gain:.4f} < min_corrupted_gain "
-                       f"{cfg.min_corrupted_gain}"), numbers
+        return (
+            False,
+            (f"corrupted accuracy gain {gain:.4f} < min_corrupted_gain {cfg.min_corrupted_gain}"),
+            numbers,
+        )
     return True, f"clean drop {drop:.4f} <= {cfg.max_clean_drop}, corrupted gain {gain:.4f}", numbers
 
 
 @contextlib.contextmanager
-def promotion_lock(mlflow_cfg: tracking.Config | None = None, timeout_s: float = 600.0
-                   ) -> Iterator[None]:
+def promotion_lock(mlflow_cfg: tracking.Config | None = None, timeout_s: float = 600.0) -> Iterator[None]:
     """Hold the registry-wide promotion lock (advisory lock on PostgreSQL, else a file lock)."""
     uri = tracking.tracking_uri(mlflow_cfg)
     if uri.startswith("postgresql"):
@@ -145,14 +158,16 @@ def _pg_lock(uri: str, timeout_s: float) -> Iterator[None]:
         conn.close()
 
 
-def _champion_metrics(client: Any, cfg: Config, champion: str, data_md5: str | None,
-                      reevaluate: Reevaluate | None) -> tuple[dict[str, float], str]:
+def _champion_metrics(
+    client: Any, cfg: Config, champion: str, data_md5: str | None, reevaluate: Reevaluate | None
+) -> tuple[dict[str, float], str]:
     """The champion's metrics, re-measured on the current data when its data version differs."""
     metrics = registry.release_metrics(client, champion)
     anchor = registry.release_versions(client, champion).get(registry.ANCHOR)
     trained_on = anchor.tags.get("data_version") if anchor is not None else None
-    if anchor is None or not (data_md5 and trained_on and trained_on != data_md5
-                              and cfg.reevaluate_on_data_change):
+    if anchor is None or not (
+        data_md5 and trained_on and trained_on != data_md5 and cfg.reevaluate_on_data_change
+    ):
         return metrics, ""
     if reevaluate is None:
         return metrics, " (champion NOT re-evaluated: no evaluator given)"
@@ -161,16 +176,26 @@ def _champion_metrics(client: Any, cfg: Config, champion: str, data_md5: str | N
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = registry.download_checkpoint(client, registry.ANCHOR, anchor.version, tmp)
         fresh = reevaluate(ckpt)
-    client.set_model_version_tag(anchor.name, anchor.version, f"reevaluated.{data_md5}",
-                                 json.dumps({k: fresh[k] for k in (cfg.clean_metric, cfg.corrupted_metric)
-                                             if k in fresh}))
+    client.set_model_version_tag(
+        anchor.name,
+        anchor.version,
+        f"reevaluated.{data_md5}",
+        json.dumps({k: fresh[k] for k in (cfg.clean_metric, cfg.corrupted_metric) if k in fresh}),
+    )
     return fresh, f" (champion re-evaluated on data {data_md5[:8]}, trained on {trained_on[:8]})"
 
 
-def promote(release: str | None = None, cfg: Config | None = None,
-            mlflow_cfg: tracking.Config | None = None, *, dry_run: bool = False, force: bool = False,
-            reason: str = "", data_md5: str | None = None, reevaluate: Reevaluate | None = None
-            ) -> Decision:
+def promote(
+    release: str | None = None,
+    cfg: Config | None = None,
+    mlflow_cfg: tracking.Config | None = None,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    reason: str = "",
+    data_md5: str | None = None,
+    reevaluate: Reevaluate | None = None,
+) -> Decision:
     """Run the gate for ``release`` (default: the current challenger) and move ``champion`` if it passes.
 
     ``force`` skips the gate and needs ``reason`` (recorded on the versions).
@@ -187,8 +212,15 @@ def promote(release: str | None = None, cfg: Config | None = None,
         if registry.ANCHOR not in versions:
             raise PromotionError(f"release {release} has no {registry.BUNDLES[registry.ANCHOR]} version")
         champion = registry.release_of(client, registry.CHAMPION)
-        decision = Decision(release, False, "", champion, forced=force, dry_run=dry_run,
-                            versions={k: str(mv.version) for k, mv in versions.items()})
+        decision = Decision(
+            release,
+            False,
+            "",
+            champion,
+            forced=force,
+            dry_run=dry_run,
+            versions={k: str(mv.version) for k, mv in versions.items()},
+        )
         if champion == release:
             decision.reason = "already champion"
             return decision
@@ -208,10 +240,14 @@ def _record(client: Any, decision: Decision, versions: dict[str, Any]) -> None:
     """Tag the challenger's versions with the decision; move ``champion`` for the whole release."""
     champion = decision.champion_release
     previous = registry.release_versions(client, champion) if champion else {}
-    tags = {"promotion.decision": "promoted" if decision.promoted else "rejected",
-            "promotion.reason": decision.reason[:5000], "promotion.forced": str(decision.forced),
-            "promotion.numbers": json.dumps(decision.numbers), "promotion.time": str(int(time.time())),
-            "promotion.previous_release": decision.champion_release or ""}
+    tags = {
+        "promotion.decision": "promoted" if decision.promoted else "rejected",
+        "promotion.reason": decision.reason[:5000],
+        "promotion.forced": str(decision.forced),
+        "promotion.numbers": json.dumps(decision.numbers),
+        "promotion.time": str(int(time.time())),
+        "promotion.previous_release": decision.champion_release or "",
+    }
     for mv in versions.values():
         for key, value in tags.items():
             client.set_model_version_tag(mv.name, mv.version, key, value)
@@ -226,8 +262,12 @@ def _record(client: Any, decision: Decision, versions: dict[str, Any]) -> None:
             client.delete_registered_model_alias(name, registry.CHAMPION)
 
 
-def rollback(mlflow_cfg: tracking.Config | None = None, to_release: str | None = None,
-             reason: str = "rollback", lock_timeout_s: float = 600.0) -> dict[str, str]:
+def rollback(
+    mlflow_cfg: tracking.Config | None = None,
+    to_release: str | None = None,
+    reason: str = "rollback",
+    lock_timeout_s: float = 600.0,
+) -> dict[str, str]:
     """Move ``champion`` for the whole release back to the previous (or a given) release."""
     client = tracking.client(mlflow_cfg)
     with promotion_lock(mlflow_cfg, lock_timeout_s):

@@ -22,8 +22,11 @@ def _configs(params_path: Path, preset: str | None):  # type: ignore[no-untyped-
     from tessera.config import load_params, section_of
 
     params = load_params(params_path, preset) if params_path.exists() else {}
-    return (params, section_of(tracking.Config, params, "mlflow"),
-            section_of(promotion.Config, params, "promote"))
+    return (
+        params,
+        section_of(tracking.Config, params, "mlflow"),
+        section_of(promotion.Config, params, "promote"),
+    )
 
 
 @app.command("list")
@@ -38,31 +41,42 @@ def list_cmd(params: Path = ParamsOpt, preset: str | None = PresetOpt) -> None:
         return
     typer.echo(f"{'model':<24}{'version':>8}  {'aliases':<22}{'decision':<10}{'data':<14}release")
     for r in rows:
-        typer.echo(f"{r['model']:<24}{r['version']:>8}  {','.join(r['aliases']):<22}{r['decision']:<10}"
-                   f"{r['data_version'][:12]:<14}{r['release']}")
+        typer.echo(
+            f"{r['model']:<24}{r['version']:>8}  {','.join(r['aliases']):<22}{r['decision']:<10}"
+            f"{r['data_version'][:12]:<14}{r['release']}"
+        )
 
 
 @app.command("show")
-def show(model: str = typer.Argument("tessera-ttt-classifier", help="registered model name"),
-         ref: str = typer.Argument("champion", help="alias or version number"),
-         params: Path = ParamsOpt, preset: str | None = PresetOpt) -> None:
+def show(
+    model: str = typer.Argument("tessera-ttt-classifier", help="registered model name"),
+    ref: str = typer.Argument("champion", help="alias or version number"),
+    params: Path = ParamsOpt,
+    preset: str | None = PresetOpt,
+) -> None:
     """Show one version: tags (data version, params hash, promotion decision), source, aliases."""
     from components import registry, tracking
 
     _, mlflow_cfg, _ = _configs(params, preset)
     client = tracking.client(mlflow_cfg)
-    mv = (client.get_model_version(model, ref) if ref.isdigit()
-          else client.get_model_version_by_alias(model, ref))
+    mv = (
+        client.get_model_version(model, ref)
+        if ref.isdigit()
+        else client.get_model_version_by_alias(model, ref)
+    )
     typer.echo(f"{mv.name} v{mv.version} aliases={list(mv.aliases)} run={mv.run_id}\nsource: {mv.source}")
     typer.echo(registry.tags_json(mv))
 
 
 @app.command("promote")
-def promote_cmd(release: str = typer.Argument(None, help="release (parent run id); default: the challenger"),
-                dry_run: bool = typer.Option(False, "--dry-run", help="decide and print, change nothing"),
-                force: bool = typer.Option(False, "--force", help="skip the gate (needs --reason)"),
-                reason: str = typer.Option("", "--reason", help="why the gate is skipped (recorded)"),
-                params: Path = ParamsOpt, preset: str | None = PresetOpt) -> None:
+def promote_cmd(
+    release: str = typer.Argument(None, help="release (parent run id); default: the challenger"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="decide and print, change nothing"),
+    force: bool = typer.Option(False, "--force", help="skip the gate (needs --reason)"),
+    reason: str = typer.Option("", "--reason", help="why the gate is skipped (recorded)"),
+    params: Path = ParamsOpt,
+    preset: str | None = PresetOpt,
+) -> None:
     """Promote a release through the gate (all its bundles move together)."""
     import dataclasses
 
@@ -70,8 +84,9 @@ def promote_cmd(release: str = typer.Argument(None, help="release (parent run id
 
     _, mlflow_cfg, promote_cfg = _configs(params, preset)
     try:
-        decision = promotion.promote(release, promote_cfg, mlflow_cfg, dry_run=dry_run, force=force,
-                                     reason=reason)
+        decision = promotion.promote(
+            release, promote_cfg, mlflow_cfg, dry_run=dry_run, force=force, reason=reason
+        )
     except promotion.PromotionError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
@@ -80,13 +95,16 @@ def promote_cmd(release: str = typer.Argument(None, help="release (parent run id
 
 
 @app.command("register")
-def register_cmd(encoder: Path = typer.Option(..., "--encoder", help="encoder.pt"),
-                 classifier: Path = typer.Option(..., "--classifier", help="classifier.pt"),
-                 evaluation: Path = typer.Option(..., "--evaluation", help="evaluate's metrics.json"),
-                 data: Path = typer.Option(..., "--data", help="the data folder it was trained on"),
-                 generator: Path = typer.Option(None, "--generator", help="generator.pt (optional)"),
-                 promote: bool = typer.Option(False, "--promote", help="run the gate afterwards"),
-                 params: Path = ParamsOpt, preset: str | None = PresetOpt) -> None:
+def register_cmd(
+    encoder: Path = typer.Option(..., "--encoder", help="encoder.pt"),
+    classifier: Path = typer.Option(..., "--classifier", help="classifier.pt"),
+    evaluation: Path = typer.Option(..., "--evaluation", help="evaluate's metrics.json"),
+    data: Path = typer.Option(..., "--data", help="the data folder it was trained on"),
+    generator: Path = typer.Option(None, "--generator", help="generator.pt (optional)"),
+    promote: bool = typer.Option(False, "--promote", help="run the gate afterwards"),
+    params: Path = ParamsOpt,
+    preset: str | None = PresetOpt,
+) -> None:
     """Register checkpoints made outside the flow (e.g. by Kubeflow) as a challenger release."""
     from components import promotion, registry
 
@@ -94,8 +112,11 @@ def register_cmd(encoder: Path = typer.Option(..., "--encoder", help="encoder.pt
     checkpoints = {"encoder": encoder, "classifier": classifier}
     if generator is not None and generator.is_file():
         checkpoints["generator"] = generator
-    metrics = {k: float(v) for k, v in json.loads(evaluation.read_text()).items()
-               if isinstance(v, int | float) and not isinstance(v, bool)}
+    metrics = {
+        k: float(v)
+        for k, v in json.loads(evaluation.read_text()).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     release, versions = registry.release_from_files(mlflow_cfg, all_params, data, checkpoints, metrics)
     typer.echo(f"release {release}: {versions} (alias challenger)")
     if promote:
@@ -104,9 +125,12 @@ def register_cmd(encoder: Path = typer.Option(..., "--encoder", help="encoder.pt
 
 
 @app.command("rollback")
-def rollback_cmd(to: str = typer.Option(None, "--to", help="release to restore; default: the previous one"),
-                 reason: str = typer.Option("rollback", "--reason", help="recorded on the versions"),
-                 params: Path = ParamsOpt, preset: str | None = PresetOpt) -> None:
+def rollback_cmd(
+    to: str = typer.Option(None, "--to", help="release to restore; default: the previous one"),
+    reason: str = typer.Option("rollback", "--reason", help="recorded on the versions"),
+    params: Path = ParamsOpt,
+    preset: str | None = PresetOpt,
+) -> None:
     """Move the champion alias of the whole release back to the previous champion."""
     from components import promotion
 

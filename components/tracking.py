@@ -94,8 +94,9 @@ def experiment_id(mlflow_client: Any, cfg: Config | None = None) -> str:
 def git_commit(root: str | Path = ".") -> str:
     """The checked-out commit (``unknown`` outside a git repository or before the first commit)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
@@ -146,16 +147,18 @@ class MlflowTracker:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
-    def log_dataset(self, data_version: Mapping[str, Any], source: str | Path, name: str,
-                    context: str = "train") -> None:
+    def log_dataset(
+        self, data_version: Mapping[str, Any], source: str | Path, name: str, context: str = "train"
+    ) -> None:
         """Log the data set as this run's input: digest = the DVC md5, tags = files and size."""
         import numpy as np
         from mlflow.data.numpy_dataset import from_numpy
         from mlflow.entities import DatasetInput, InputTag
 
         stats = np.array([[int(data_version.get("files", 0)), int(data_version.get("size", 0))]])
-        dataset = from_numpy(stats, source=str(Path(source).resolve()), name=name,
-                             digest=str(data_version["md5"]))
+        dataset = from_numpy(
+            stats, source=str(Path(source).resolve()), name=name, digest=str(data_version["md5"])
+        )
         tags = [InputTag(key="mlflow.data.context", value=context)]
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 
@@ -171,8 +174,13 @@ def _metric_key(key: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ :" else "_" for c in key)
 
 
-def start_run(mlflow_client: Any, exp_id: str, name: str, parent_run_id: str | None = None,
-              tags: Mapping[str, Any] | None = None) -> str:
+def start_run(
+    mlflow_client: Any,
+    exp_id: str,
+    name: str,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> str:
     """Create a run (nested under ``parent_run_id`` if given) and return its id."""
     all_tags = {"mlflow.runName": name, **{k: str(v) for k, v in (tags or {}).items()}}
     if parent_run_id:
@@ -182,8 +190,14 @@ def start_run(mlflow_client: Any, exp_id: str, name: str, parent_run_id: str | N
 
 
 @contextlib.contextmanager
-def step_run(mlflow_client: Any, exp_id: str, name: str, parent_run_id: str | None,
-             cfg: Config | None = None, tags: Mapping[str, Any] | None = None) -> Iterator[MlflowTracker]:
+def step_run(
+    mlflow_client: Any,
+    exp_id: str,
+    name: str,
+    parent_run_id: str | None,
+    cfg: Config | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[MlflowTracker]:
     """A nested run for one step: system metrics while it lasts, FINISHED or FAILED at the end."""
     run_id = start_run(mlflow_client, exp_id, name, parent_run_id, tags)
     monitor = _system_monitor(run_id, cfg or Config())
@@ -207,8 +221,9 @@ def _system_monitor(run_id: str, cfg: Config) -> Any:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     except ImportError:
         return None
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=cfg.system_metrics_interval_s,
-                                   tracking_uri=tracking_uri(cfg))
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=cfg.system_metrics_interval_s, tracking_uri=tracking_uri(cfg)
+    )
     monitor.start()
     return monitor
 

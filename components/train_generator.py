@@ -92,8 +92,9 @@ def load_encoder(path: str | Path) -> tuple[Any, str, dict[str, Any]]:
     return model, ckpt["arch"], dict(ckpt["config"])
 
 
-def run(cfg: Config, data_dir: str | Path, encoder_ckpt: str | Path, out_dir: str | Path,
-        tracker: Any = None) -> dict[str, float]:
+def run(
+    cfg: Config, data_dir: str | Path, encoder_ckpt: str | Path, out_dir: str | Path, tracker: Any = None
+) -> dict[str, float]:
     """Train (or resume) the generator; return the metrics also written to ``out_dir/metrics.json``."""
     import torch
 
@@ -127,12 +128,29 @@ def run(cfg: Config, data_dir: str | Path, encoder_ckpt: str | Path, out_dir: st
         raise DataError(f"{data_dir}: the generator needs at least 2 training images, found {n}")
     k = min(cfg.k, n)
     enc_version = digest_module(encoder)
-    bank, knn = neighbourhoods(encoder, images, k, cache_dir=out / "cache",
-                               data_version=digest_tensor(images), encoder_version=enc_version)
+    bank, knn = neighbourhoods(
+        encoder,
+        images,
+        k,
+        cache_dir=out / "cache",
+        data_version=digest_tensor(images),
+        encoder_version=enc_version,
+    )
     h_dim = bank.shape[1]
-    state = build_state(h_dim, size, z_dim=cfg.z_dim, g_ch=cfg.g_ch, d_ch=cfg.d_ch, cond_dim=cfg.cond_dim,
-                        lr_g=cfg.lr_g, lr_d=cfg.lr_d, betas=(cfg.beta1, cfg.beta2),
-                        ema_decay=cfg.ema_decay, seed=cfg.seed, device=device)
+    state = build_state(
+        h_dim,
+        size,
+        z_dim=cfg.z_dim,
+        g_ch=cfg.g_ch,
+        d_ch=cfg.d_ch,
+        cond_dim=cfg.cond_dim,
+        lr_g=cfg.lr_g,
+        lr_d=cfg.lr_d,
+        betas=(cfg.beta1, cfg.beta2),
+        ema_decay=cfg.ema_decay,
+        seed=cfg.seed,
+        device=device,
+    )
     bundle = ICGAN.from_parts(state.ema.model, encoder, enc_arch, enc_config, bank)
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists():
@@ -141,8 +159,10 @@ def run(cfg: Config, data_dir: str | Path, encoder_ckpt: str | Path, out_dir: st
         if prev["extra"].get("encoder_version") != enc_version:
             raise CheckpointError(f"cannot resume: {ckpt_path} was trained on another encoder; {hint}")
         if prev["config"] != bundle.config():
-            raise CheckpointError(f"cannot resume: {ckpt_path} has model config {prev['config']}, "
-                                  f"this run {bundle.config()}; {hint}")
+            raise CheckpointError(
+                f"cannot resume: {ckpt_path} has model config {prev['config']}, "
+                f"this run {bundle.config()}; {hint}"
+            )
         state.load(prev["extra"]["train"])
     # Fixed evaluation material: real images, the grid's instances and noise, the FD/KID scorer.
     g_eval = torch.Generator().manual_seed(cfg.seed + 1)
@@ -166,25 +186,54 @@ def run(cfg: Config, data_dir: str | Path, encoder_ckpt: str | Path, out_dir: st
         state.history.append({"epoch": 0.0, **evaluate(0)})
     steps = cfg.steps_per_epoch or max(1, n // cfg.batch_size)
     while state.epoch < cfg.epochs:
-        losses = train_epoch(state, images_dev, bank_dev, knn, steps=steps, batch_size=cfg.batch_size,
-                             d_steps=cfg.d_steps, progress=cfg.progress)
+        losses = train_epoch(
+            state,
+            images_dev,
+            bank_dev,
+            knn,
+            steps=steps,
+            batch_size=cfg.batch_size,
+            d_steps=cfg.d_steps,
+            progress=cfg.progress,
+        )
         bundle.generator.load_state_dict(state.ema.model.state_dict())
         record = {"epoch": float(state.epoch), **losses, **evaluate(state.epoch)}
         state.history.append(record)
-        checkpoint.save(checkpoint.make(
-            ARCH, bundle.config(), bundle.state_dict(), epoch=state.epoch, step=state.step,
-            data_version=_data_version(Path(data_dir)),
-            extra={"train": state.to_dict(), "settings": to_dict(cfg), "encoder_version": enc_version,
-                   "encoder_checkpoint": str(encoder_ckpt), "train_images": n, "k": k},
-        ), ckpt_path)
+        checkpoint.save(
+            checkpoint.make(
+                ARCH,
+                bundle.config(),
+                bundle.state_dict(),
+                epoch=state.epoch,
+                step=state.step,
+                data_version=_data_version(Path(data_dir)),
+                extra={
+                    "train": state.to_dict(),
+                    "settings": to_dict(cfg),
+                    "encoder_version": enc_version,
+                    "encoder_checkpoint": str(encoder_ckpt),
+                    "train_images": n,
+                    "k": k,
+                },
+            ),
+            ckpt_path,
+        )
         tracker.log_metrics({key: v for key, v in record.items() if key != "epoch"}, step=state.epoch)
     last, first = state.history[-1], state.history[0]
     metrics = {
-        "fd": last["fd"], "kid": last["kid"], "kid_std": last["kid_std"],
-        "n_real": last["n_real"], "n_fake": last["n_fake"],
-        "fd_initial": first["fd"], "kid_initial": first["kid"],
-        "epochs": float(state.epoch), "steps": float(state.step), "train_images": float(n), "k": float(k),
-        "d_loss": last.get("d_loss", float("nan")), "g_loss": last.get("g_loss", float("nan")),
+        "fd": last["fd"],
+        "kid": last["kid"],
+        "kid_std": last["kid_std"],
+        "n_real": last["n_real"],
+        "n_fake": last["n_fake"],
+        "fd_initial": first["fd"],
+        "kid_initial": first["kid"],
+        "epochs": float(state.epoch),
+        "steps": float(state.step),
+        "train_images": float(n),
+        "k": float(k),
+        "d_loss": last.get("d_loss", float("nan")),
+        "g_loss": last.get("g_loss", float("nan")),
         "seconds": time.time() - t0,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -192,8 +241,9 @@ def run(cfg: Config, data_dir: str | Path, encoder_ckpt: str | Path, out_dir: st
     return metrics
 
 
-def _run_from_params(params: Path, preset: str | None, data: Path, encoder: Path, out: Path,
-                     progress: bool = True) -> dict[str, float]:
+def _run_from_params(
+    params: Path, preset: str | None, data: Path, encoder: Path, out: Path, progress: bool = True
+) -> dict[str, float]:
     import dataclasses
 
     from tessera.config import load_params, section_of
@@ -226,8 +276,10 @@ def cli(
     except TesseraError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
-    typer.echo(f"fd {metrics['fd']:.4f} (untrained {metrics['fd_initial']:.4f}), kid {metrics['kid']:.5f} "
-               f"[n_real {int(metrics['n_real'])}, n_fake {int(metrics['n_fake'])}] -> {out / CHECKPOINT}")
+    typer.echo(
+        f"fd {metrics['fd']:.4f} (untrained {metrics['fd_initial']:.4f}), kid {metrics['kid']:.5f} "
+        f"[n_real {int(metrics['n_real'])}, n_fake {int(metrics['n_fake'])}] -> {out / CHECKPOINT}"
+    )
 
 
 if __name__ == "__main__":

@@ -81,11 +81,17 @@ def config_reference() -> str:
         lines += [f"### `{section}`", "", "| key | demo | cpu | gpu | meaning |", "|---|---|---|---|---|"]
         comments = field_comments(cls)
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+            default = (
+                f.default
+                if f.default is not dataclasses.MISSING
+                else (
+                    f.default_factory()
+                    if f.default_factory is not dataclasses.MISSING
+                    else dataclasses.MISSING
+                )
             )
             vals = [_fmt(presets[p].get(section, {}).get(f.name, default)) for p in ("demo", "cpu", "gpu")]
-            meaning = comments.get(f.name, '').replace('|', '\\|')
+            meaning = comments.get(f.name, "").replace("|", "\\|")
             lines.append(f"| `{f.name}` | {' | '.join(vals)} | {meaning} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
@@ -114,17 +120,21 @@ def cli_reference() -> str:
                 lines.append(f"  - `{'/'.join(param.opts)}`: {help_text}")
 
     walk(root, [])
-    return "Every command takes `--help`. Generated from the code by `docs/reference.py`.\n\n" + "\n".join(
-        lines
-    ) + "\n"
+    return (
+        "Every command takes `--help`. Generated from the code by `docs/reference.py`.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
 
 
 def render(text: str) -> str:
     blocks = {"CLI-REFERENCE": cli_reference(), "CONFIG-REFERENCE": config_reference()}
     for marker, body in blocks.items():
         pattern = re.compile(
-            rf"<!-- {marker} -->.*?(?:<!-- /{marker} -->|$)" if f"<!-- /{marker} -->" in text
-            else rf"<!-- {marker} -->", re.S
+            rf"<!-- {marker} -->.*?(?:<!-- /{marker} -->|$)"
+            if f"<!-- /{marker} -->" in text
+            else rf"<!-- {marker} -->",
+            re.S,
         )
         text = pattern.sub(lambda _m, m=marker, b=body: f"<!-- {m} -->\n{b}<!-- /{m} -->", text, count=1)
     return text

@@ -26,9 +26,11 @@ def _prepare() -> None:
 
 
 @app.command("up")
-def up(port: int = typer.Option(4200, help="port of the Prefect server (UI at http://127.0.0.1:PORT)"),
-       deploy: bool = typer.Option(True, help="register the deployments of prefect.yaml"),
-       worker: bool = typer.Option(True, help="start a process worker for the tessera-process pool")) -> None:
+def up(
+    port: int = typer.Option(4200, help="port of the Prefect server (UI at http://127.0.0.1:PORT)"),
+    deploy: bool = typer.Option(True, help="register the deployments of prefect.yaml"),
+    worker: bool = typer.Option(True, help="start a process worker for the tessera-process pool"),
+) -> None:
     """Start a local Prefect server, deploy prefect.yaml (cron schedule) and start a worker.
 
     With PREFECT_API_URL set (a remote or containerised server), no server is started: the pool and
@@ -60,12 +62,13 @@ def down() -> None:
 
 
 @app.command("retrain")
-def retrain_cmd(force: bool = typer.Option(False, "--force", help="retrain even if the champion is current"),
-                preset: str = typer.Option(None, "--preset", help="params preset: cpu or gpu"),
-                params: str = typer.Option("params.yaml", "--params", help="params.yaml to read"),
-                deploy: bool = typer.Option(True, help="deploy a promoted champion to TorchServe"),
-                dry_run: bool = typer.Option(False, "--dry-run", help="decide promotion, change nothing"),
-                ) -> None:
+def retrain_cmd(
+    force: bool = typer.Option(False, "--force", help="retrain even if the champion is current"),
+    preset: str = typer.Option(None, "--preset", help="params preset: cpu or gpu"),
+    params: str = typer.Option("params.yaml", "--params", help="params.yaml to read"),
+    deploy: bool = typer.Option(True, help="deploy a promoted champion to TorchServe"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="decide promotion, change nothing"),
+) -> None:
     """Run the retrain flow now: data check, train, evaluate, register, promote, deploy."""
     _prepare()
     from flows.retrain import retrain
@@ -75,12 +78,14 @@ def retrain_cmd(force: bool = typer.Option(False, "--force", help="retrain even 
 
 
 @app.command("promote")
-def promote_cmd(release: str = typer.Argument(None, help="release (parent run id); default: the challenger"),
-                dry_run: bool = typer.Option(False, "--dry-run", help="decide and report, change nothing"),
-                force: bool = typer.Option(False, "--force", help="skip the gate (needs --reason)"),
-                reason: str = typer.Option("", "--reason", help="why the gate is skipped"),
-                preset: str = typer.Option(None, "--preset", help="params preset: cpu or gpu"),
-                params: str = typer.Option("params.yaml", "--params", help="params.yaml to read")) -> None:
+def promote_cmd(
+    release: str = typer.Argument(None, help="release (parent run id); default: the challenger"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="decide and report, change nothing"),
+    force: bool = typer.Option(False, "--force", help="skip the gate (needs --reason)"),
+    reason: str = typer.Option("", "--reason", help="why the gate is skipped"),
+    preset: str = typer.Option(None, "--preset", help="params preset: cpu or gpu"),
+    params: str = typer.Option("params.yaml", "--params", help="params.yaml to read"),
+) -> None:
     """Run the promote flow: the gate (re-evaluating the champion if the data changed), aliases, artifact."""
     _prepare()
     from components import lineage
@@ -89,6 +94,13 @@ def promote_cmd(release: str = typer.Argument(None, help="release (parent run id
 
     name = load_params(params, preset).get("data", {}).get("name", "digits")
     md5 = lineage.data_version(f"data/{name}")["md5"]
-    decision = promote_flow(release=release, params_path=params, preset=preset, dry_run=dry_run,
-                            force=force, reason=reason, data_md5=md5)
+    decision = promote_flow(
+        release=release,
+        params_path=params,
+        preset=preset,
+        dry_run=dry_run,
+        force=force,
+        reason=reason,
+        data_md5=md5,
+    )
     typer.echo(json.dumps(decision, indent=2, default=str))

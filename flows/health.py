@@ -13,7 +13,10 @@ def health() -> dict[str, str]:
     cfg = tracking.Config()
     client = tracking.client(cfg)
     exp = tracking.experiment_id(client, cfg)
-    out = {"workspace": str(tracking.workspace()), "tracking_uri": tracking.tracking_uri(cfg),
-           "experiment_id": exp}
+    out = {
+        "workspace": str(tracking.workspace()),
+        "tracking_uri": tracking.tracking_uri(cfg),
+        "experiment_id": exp,
+    }
     print(out)
     return out

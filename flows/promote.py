@@ -35,9 +35,17 @@ def evaluator(params: dict[str, Any], data: Path, corrupted: Path) -> promotion.
 
 
 @flow(name="promote", log_prints=True)
-def promote_flow(release: str | None = None, params_path: str = "params.yaml", preset: str | None = None,
-                 overrides: dict[str, Any] | None = None, dry_run: bool = False, force: bool = False,
-                 reason: str = "", data_md5: str | None = None, root: str = ".") -> dict[str, Any]:
+def promote_flow(
+    release: str | None = None,
+    params_path: str = "params.yaml",
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    reason: str = "",
+    data_md5: str | None = None,
+    root: str = ".",
+) -> dict[str, Any]:
     """Promote ``release`` (default: the current challenger) through the gate."""
     from tessera.config import deep_merge
 
@@ -45,11 +53,22 @@ def promote_flow(release: str | None = None, params_path: str = "params.yaml", p
     name = params.get("data", {}).get("name", "digits")
     data, corrupted = Path(root) / "data" / name, Path(root) / "data" / f"{name}-c"
     decision = promotion.promote(
-        release, section_of(promotion.Config, params, "promote"),
-        section_of(tracking.Config, params, "mlflow"), dry_run=dry_run, force=force, reason=reason,
-        data_md5=data_md5, reevaluate=evaluator(params, data, corrupted))
-    get_run_logger().info("promotion of %s: %s (%s)", decision.release,
-                          "promoted" if decision.promoted else "not promoted", decision.reason)
-    create_markdown_artifact(key=DECISION_KEY, markdown=decision.markdown(),
-                             description="promotion gate decision")
+        release,
+        section_of(promotion.Config, params, "promote"),
+        section_of(tracking.Config, params, "mlflow"),
+        dry_run=dry_run,
+        force=force,
+        reason=reason,
+        data_md5=data_md5,
+        reevaluate=evaluator(params, data, corrupted),
+    )
+    get_run_logger().info(
+        "promotion of %s: %s (%s)",
+        decision.release,
+        "promoted" if decision.promoted else "not promoted",
+        decision.reason,
+    )
+    create_markdown_artifact(
+        key=DECISION_KEY, markdown=decision.markdown(), description="promotion gate decision"
+    )
     return dataclasses.asdict(decision)

@@ -14,12 +14,15 @@ def _fmt(value: float) -> str:
 
 def render(summary: dict[str, Any], results: dict[str, dict[str, Any]], max_rows: int = 12) -> str:
     """Markdown: header with lineage, one metrics table per step, links to grids/plots, the decision."""
-    lines = ["# Tessera retrain", "",
-             f"- data version: `{summary.get('data_version')}`",
-             f"- MLflow run: `{summary.get('mlflow_run_id')}` (experiment `{summary.get('experiment')}`)",
-             f"- tracking URI: `{summary.get('tracking_uri')}`",
-             f"- git commit: `{summary.get('git_commit')}`",
-             ""]
+    lines = [
+        "# Tessera retrain",
+        "",
+        f"- data version: `{summary.get('data_version')}`",
+        f"- MLflow run: `{summary.get('mlflow_run_id')}` (experiment `{summary.get('experiment')}`)",
+        f"- tracking URI: `{summary.get('tracking_uri')}`",
+        f"- git commit: `{summary.get('git_commit')}`",
+        "",
+    ]
     for step, res in results.items():
         cached = " (cached)" if res.get("cached") else ""
         lines += [f"## {step}{cached}", "", "| metric | value |", "|---|---|"]
@@ -34,6 +37,12 @@ def render(summary: dict[str, Any], results: dict[str, dict[str, Any]], max_rows
         lines.append("")
     decision = summary.get("decision")
     if decision:
-        lines += ["## Promotion", "", f"- promoted: **{decision.get('promoted')}**",
-                  f"- reason: {decision.get('reason')}", f"- versions: {decision.get('versions')}", ""]
+        lines += [
+            "## Promotion",
+            "",
+            f"- promoted: **{decision.get('promoted')}**",
+            f"- reason: {decision.get('reason')}",
+            f"- versions: {decision.get('versions')}",
+            "",
+        ]
     return "\n".join(lines)

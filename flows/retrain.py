@@ -35,15 +35,24 @@ def _has_component(step: str) -> bool:
     return hasattr(module, "run") and hasattr(module, "Config")
 
 
-def _step(step: str, params: dict[str, Any], inputs: dict[str, str], upstream: list[str],
-          ctx: dict[str, Any]) -> dict[str, Any]:
+def _step(
+    step: str, params: dict[str, Any], inputs: dict[str, str], upstream: list[str], ctx: dict[str, Any]
+) -> dict[str, Any]:
     """Run (or take from the cache) one step; rerun it if its cached outputs were deleted."""
     key = tasks.step_key(step, params, ctx["data_version"]["md5"], upstream)
     out_dir = str(ctx["workspace"] / "runs" / step / key[:16])
     store = ctx["workspace"] / "prefect" / "results"
-    call = {"step": step, "key": key, "params": params, "inputs": inputs, "out_dir": out_dir,
-            "parent_run_id": ctx["run_id"], "mlflow_cfg": ctx["mlflow_cfg"],
-            "data_version": ctx["data_version"], "data_path": inputs["data"]}
+    call = {
+        "step": step,
+        "key": key,
+        "params": params,
+        "inputs": inputs,
+        "out_dir": out_dir,
+        "parent_run_id": ctx["run_id"],
+        "mlflow_cfg": ctx["mlflow_cfg"],
+        "data_version": ctx["data_version"],
+        "data_path": inputs["data"],
+    }
     runner = tasks.run_step.with_options(name=step, result_storage=store)
     state = runner(**call, return_state=True)
     result: dict[str, Any] = state.result()
@@ -58,9 +67,15 @@ def _step(step: str, params: dict[str, Any], inputs: dict[str, str], upstream: l
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(params_path: str = "params.yaml", preset: str | None = None,
-            overrides: dict[str, Any] | None = None, force: bool = False, root: str = ".",
-            deploy: bool = True, dry_run: bool = False) -> dict[str, Any]:
+def retrain(
+    params_path: str = "params.yaml",
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
+    root: str = ".",
+    deploy: bool = True,
+    dry_run: bool = False,
+) -> dict[str, Any]:
     """Retrain on the current data version and promote the result if it passes the gate."""
     log = get_run_logger()
     rootp = Path(root).resolve()
@@ -71,24 +86,43 @@ def retrain(params_path: str = "params.yaml", preset: str | None = None,
     version = tasks.check_data(str(rootp), data_rel, corrupted_rel)
     params_hash = tasks.stable_hash({k: params.get(k) for k in LINEAGE_SECTIONS})
     champion = tasks.champion_lineage(to_dict(mlflow_cfg))
-    summary: dict[str, Any] = {"data_version": version["md5"], "params_hash": params_hash,
-                               "tracking_uri": tracking.tracking_uri(mlflow_cfg),
-                               "experiment": mlflow_cfg.experiment, "champion_before": champion}
-    if (not force and champion.get("data_version") == version["md5"]
-            and champion.get("params_hash") == params_hash):
-        summary["skipped"] = (f"champion v{champion['version']} was trained on data {version['md5']} "
-                              "with the same parameters: nothing to do (use --force to retrain)")
+    summary: dict[str, Any] = {
+        "data_version": version["md5"],
+        "params_hash": params_hash,
+        "tracking_uri": tracking.tracking_uri(mlflow_cfg),
+        "experiment": mlflow_cfg.experiment,
+        "champion_before": champion,
+    }
+    if (
+        not force
+        and champion.get("data_version") == version["md5"]
+        and champion.get("params_hash") == params_hash
+    ):
+        summary["skipped"] = (
+            f"champion v{champion['version']} was trained on data {version['md5']} "
+            "with the same parameters: nothing to do (use --force to retrain)"
+        )
         log.info(summary["skipped"])
-        create_markdown_artifact(key=report.REPORT_KEY,
-                                 markdown=f"# Retrain skipped\n\n{summary['skipped']}\n")
+        create_markdown_artifact(
+            key=report.REPORT_KEY, markdown=f"# Retrain skipped\n\n{summary['skipped']}\n"
+        )
         return summary
-    tags = {"data_version": version["md5"], "params_hash": params_hash,
-            "code_hash": tasks.code_hash(), "git_commit": tracking.git_commit(rootp)}
-    run_id = tasks.open_parent_run(to_dict(mlflow_cfg), "retrain", params, version,
-                                   str(rootp / data_rel), tags)
+    tags = {
+        "data_version": version["md5"],
+        "params_hash": params_hash,
+        "code_hash": tasks.code_hash(),
+        "git_commit": tracking.git_commit(rootp),
+    }
+    run_id = tasks.open_parent_run(
+        to_dict(mlflow_cfg), "retrain", params, version, str(rootp / data_rel), tags
+    )
     summary.update({"mlflow_run_id": run_id, **tags})
-    ctx: dict[str, Any] = {"workspace": tracking.workspace(), "run_id": run_id,
-                           "mlflow_cfg": to_dict(mlflow_cfg), "data_version": version}
+    ctx: dict[str, Any] = {
+        "workspace": tracking.workspace(),
+        "run_id": run_id,
+        "mlflow_cfg": to_dict(mlflow_cfg),
+        "data_version": version,
+    }
     data, corrupted = str(rootp / data_rel), str(rootp / corrupted_rel)
     results: dict[str, dict[str, Any]] = {}
     status = "FAILED"
@@ -100,23 +134,36 @@ def retrain(params_path: str = "params.yaml", preset: str | None = None,
             results["generator"] = _step("generator", params, {"data": data, "encoder": encoder}, up, ctx)
         results["adapt"] = _step("adapt", params, {"data": data, "encoder": encoder}, up, ctx)
         classifier = results["adapt"]["checkpoint"]
-        results["evaluate"] = _step("evaluate", params, {"data": data, "corrupted": corrupted,
-                                                         "classifier": classifier},
-                                    [results["adapt"]["key"]], ctx)
+        results["evaluate"] = _step(
+            "evaluate",
+            params,
+            {"data": data, "corrupted": corrupted, "classifier": classifier},
+            [results["adapt"]["key"]],
+            ctx,
+        )
         checkpoints = {"encoder": encoder, "classifier": classifier}
         if "generator" in results:
             checkpoints["generator"] = results["generator"]["checkpoint"]
         summary["versions"] = tasks.register_challenger(
-            ctx["mlflow_cfg"], run_id, checkpoints, results["evaluate"]["metrics"], tags)
-        summary["decision"] = promote_flow(release=run_id, params_path=params_path, preset=preset,
-                                           overrides=overrides, dry_run=dry_run,
-                                           data_md5=version["md5"], root=str(rootp))
+            ctx["mlflow_cfg"], run_id, checkpoints, results["evaluate"]["metrics"], tags
+        )
+        summary["decision"] = promote_flow(
+            release=run_id,
+            params_path=params_path,
+            preset=preset,
+            overrides=overrides,
+            dry_run=dry_run,
+            data_md5=version["md5"],
+            root=str(rootp),
+        )
         if summary["decision"]["promoted"] and not dry_run and deploy:
             summary["deployment"] = _deploy(summary["versions"])
         status = "FINISHED"
     finally:
-        summary["steps"] = {s: {"cached": r["cached"], "out_dir": r["out_dir"],
-                                "seconds": r.get("seconds", 0.0)} for s, r in results.items()}
+        summary["steps"] = {
+            s: {"cached": r["cached"], "out_dir": r["out_dir"], "seconds": r.get("seconds", 0.0)}
+            for s, r in results.items()
+        }
         markdown = report.render(summary, results)
         create_markdown_artifact(key=report.REPORT_KEY, markdown=markdown, description="retrain run report")
         tasks.close_parent_run(ctx["mlflow_cfg"], run_id, status, markdown)
@@ -137,8 +184,9 @@ def _deploy(versions: dict[str, str]) -> dict[str, Any]:
         return {}
     from components import registry
 
-    return {registry.BUNDLES[kind]: deploy(model=registry.BUNDLES[kind], alias="champion")
-            for kind in versions}
+    return {
+        registry.BUNDLES[kind]: deploy(model=registry.BUNDLES[kind], alias="champion") for kind in versions
+    }
 
 
 def demo(preset: str | None = None, force: bool = False, deploy: bool = True) -> dict[str, Any]:
@@ -155,9 +203,11 @@ def demo(preset: str | None = None, force: bool = False, deploy: bool = True) ->
     uri = summary["tracking_uri"]
     return {
         "mlflow_ui": f"mlflow ui --backend-store-uri {uri} --port 5000",
-        "mlflow_run_id": summary.get("mlflow_run_id"), "champion_versions": champions,
+        "mlflow_run_id": summary.get("mlflow_run_id"),
+        "champion_versions": champions,
         "prefect_artifacts": [report.REPORT_KEY, "promotion-decision"],
         "prefect_ui": "tessera flows up, then http://127.0.0.1:4200/artifacts",
-        "skipped": summary.get("skipped"), "decision": summary.get("decision"),
+        "skipped": summary.get("skipped"),
+        "decision": summary.get("decision"),
         "deployment": summary.get("deployment"),
     }

@@ -70,8 +70,9 @@ def running_api_url() -> str | None:
 def _spawn(name: str, args: list[str], env: dict[str, str]) -> int:
     home = settings.prefect_home()
     log = (home / f"{name}.log").open("ab")
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     (home / f"{name}.pid").write_text(str(proc.pid))
     return proc.pid
 
@@ -94,8 +95,9 @@ def start_server(port: int = 4200, timeout_s: float = 90.0) -> str:
 
 
 def _run(args: list[str], api_url: str) -> str:
-    done = subprocess.run([*_prefect(), *args], cwd=ROOT, env=_env(api_url), capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [*_prefect(), *args], cwd=ROOT, env=_env(api_url), capture_output=True, text=True, timeout=300
+    )
     if done.returncode != 0:
         raise RuntimeError(f"prefect {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return done.stdout
@@ -133,23 +135,35 @@ async def _register(doc: dict) -> list[str]:  # type: ignore[type-arg]
             module, _, attr = d["entrypoint"].partition(":")
             flow_obj = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
             flow_id = await client.create_flow_from_name(flow_obj.name)
-            schedules = [DeploymentScheduleCreate(schedule=CronSchedule(cron=s["cron"],
-                                                                        timezone=s.get("timezone", "UTC")),
-                                                  active=s.get("active", True))
-                         for s in d.get("schedules") or []]
+            schedules = [
+                DeploymentScheduleCreate(
+                    schedule=CronSchedule(cron=s["cron"], timezone=s.get("timezone", "UTC")),
+                    active=s.get("active", True),
+                )
+                for s in d.get("schedules") or []
+            ]
             await client.create_deployment(
-                flow_id, d["name"], description=d.get("description"), entrypoint=d["entrypoint"],
-                work_pool_name=d["work_pool"]["name"], parameters=d.get("parameters") or {},
-                schedules=schedules, concurrency_limit=d.get("concurrency_limit"), path=str(ROOT),
-                pull_steps=doc.get("pull"), parameter_openapi_schema=parameter_schema(flow_obj).model_dump())
+                flow_id,
+                d["name"],
+                description=d.get("description"),
+                entrypoint=d["entrypoint"],
+                work_pool_name=d["work_pool"]["name"],
+                parameters=d.get("parameters") or {},
+                schedules=schedules,
+                concurrency_limit=d.get("concurrency_limit"),
+                path=str(ROOT),
+                pull_steps=doc.get("pull"),
+                parameter_openapi_schema=parameter_schema(flow_obj).model_dump(),
+            )
             names.append(f"{flow_obj.name}/{d['name']}")
     return names
 
 
 def start_worker(api_url: str) -> int:
     """Start a process worker polling the Tessera pool (flow runs inherit this environment)."""
-    return _spawn("worker", [*_prefect(), "worker", "start", "--pool", POOL, "--type", "process"],
-                  _env(api_url))
+    return _spawn(
+        "worker", [*_prefect(), "worker", "start", "--pool", POOL, "--type", "process"], _env(api_url)
+    )
 
 
 def stop(names: tuple[str, ...] = ("worker", "server")) -> list[str]:

@@ -78,8 +78,14 @@ def check_data(root: str, data_dir: str, corrupted_dir: str) -> dict[str, Any]:
 
 
 @task(retries=2, retry_delay_seconds=2)
-def open_parent_run(mlflow_cfg: dict[str, Any], name: str, params: dict[str, Any],
-                    data_version: dict[str, Any], data_path: str, tags: dict[str, str]) -> str:
+def open_parent_run(
+    mlflow_cfg: dict[str, Any],
+    name: str,
+    params: dict[str, Any],
+    data_version: dict[str, Any],
+    data_path: str,
+    tags: dict[str, str],
+) -> str:
     """The flow run's parent MLflow run: params, tags, the dataset input (digest = DVC md5)."""
     cfg = tracking.Config(**mlflow_cfg)
     client = tracking.client(cfg)
@@ -91,9 +97,17 @@ def open_parent_run(mlflow_cfg: dict[str, Any], name: str, params: dict[str, Any
 
 
 @task(persist_result=True, cache_key_fn=_by_key, cache_expiration=None)
-def run_step(step: str, key: str, params: dict[str, Any], inputs: dict[str, str], out_dir: str,
-             parent_run_id: str, mlflow_cfg: dict[str, Any], data_version: dict[str, Any],
-             data_path: str) -> dict[str, Any]:
+def run_step(
+    step: str,
+    key: str,
+    params: dict[str, Any],
+    inputs: dict[str, str],
+    out_dir: str,
+    parent_run_id: str,
+    mlflow_cfg: dict[str, Any],
+    data_version: dict[str, Any],
+    data_path: str,
+) -> dict[str, Any]:
     """Run one component in-process inside a nested MLflow run; returns its metrics and outputs."""
     module_name, section, ckpt_name, wanted = STEPS[step]
     module = importlib.import_module(f"components.{module_name}")
@@ -103,8 +117,14 @@ def run_step(step: str, key: str, params: dict[str, Any], inputs: dict[str, str]
     exp = tracking.experiment_id(client, cfg_mlflow)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with tracking.step_run(client, exp, step, parent_run_id, cfg_mlflow,
-                           tags={"data_version": data_version["md5"], "cache_key": key}) as tracker:
+    with tracking.step_run(
+        client,
+        exp,
+        step,
+        parent_run_id,
+        cfg_mlflow,
+        tags={"data_version": data_version["md5"], "cache_key": key},
+    ) as tracker:
         tracker.log_params({section: params.get(section, {})})
         tracker.log_dataset(data_version, data_path, name=Path(data_path).name)
         t0 = time.perf_counter()
@@ -114,9 +134,15 @@ def run_step(step: str, key: str, params: dict[str, Any], inputs: dict[str, str]
         tracker.log_outputs(out)
         step_run_id = tracker.run_id
     ckpt = str(out / ckpt_name) if ckpt_name else ""
-    return {"step": step, "metrics": {k: float(v) for k, v in metrics.items() if _is_number(v)},
-            "out_dir": str(out), "checkpoint": ckpt, "mlflow_run_id": step_run_id, "key": key,
-            "seconds": seconds}
+    return {
+        "step": step,
+        "metrics": {k: float(v) for k, v in metrics.items() if _is_number(v)},
+        "out_dir": str(out),
+        "checkpoint": ckpt,
+        "mlflow_run_id": step_run_id,
+        "key": key,
+        "seconds": seconds,
+    }
 
 
 def _is_number(value: Any) -> bool:
@@ -124,8 +150,13 @@ def _is_number(value: Any) -> bool:
 
 
 @task(retries=2, retry_delay_seconds=2)
-def register_challenger(mlflow_cfg: dict[str, Any], release: str, checkpoints: dict[str, str],
-                        evaluation: dict[str, float], tags: dict[str, str]) -> dict[str, str]:
+def register_challenger(
+    mlflow_cfg: dict[str, Any],
+    release: str,
+    checkpoints: dict[str, str],
+    evaluation: dict[str, float],
+    tags: dict[str, str],
+) -> dict[str, str]:
     """Log the evaluation on the parent run and register the release's bundles as ``challenger``."""
     client = tracking.client(tracking.Config(**mlflow_cfg))
     tracking.MlflowTracker(client, release).log_metrics(evaluation, step=0)
@@ -137,9 +168,16 @@ def champion_lineage(mlflow_cfg: dict[str, Any]) -> dict[str, str]:
     """The champion's data version and params hash (empty when there is no champion)."""
     client = tracking.client(tracking.Config(**mlflow_cfg))
     mv = registry.version_by_alias(client, registry.ANCHOR, registry.CHAMPION)
-    return {} if mv is None else {"data_version": mv.tags.get("data_version", ""),
-                                  "params_hash": mv.tags.get("params_hash", ""),
-                                  "version": str(mv.version), "release": mv.tags.get("release", "")}
+    return (
+        {}
+        if mv is None
+        else {
+            "data_version": mv.tags.get("data_version", ""),
+            "params_hash": mv.tags.get("params_hash", ""),
+            "version": str(mv.version),
+            "release": mv.tags.get("release", ""),
+        }
+    )
 
 
 @task(retries=2, retry_delay_seconds=2)

@@ -48,16 +48,18 @@ def corrupted_image(corrupted: str | Path | None, test: str | Path | None = None
     return buf.getvalue(), src
 
 
-def ensure_server(home: str | Path = server.DEFAULT_HOME, config: str = "local", port: int = 8080
-                  ) -> server.Server:
+def ensure_server(
+    home: str | Path = server.DEFAULT_HOME, config: str = "local", port: int = 8080
+) -> server.Server:
     """The TorchServe recorded in ``home`` if it answers, else a new one on ``port`` (+1, +2)."""
     try:
         srv = server.Server.load(Path(home))
         if not srv.ping():
             raise server.ServingError("recorded server is down")
     except server.ServingError:
-        srv = server.start(Path(home), config,
-                           server.Ports(port, port + 1, port + 2, port - 1010, port - 1009))
+        srv = server.start(
+            Path(home), config, server.Ports(port, port + 1, port + 2, port - 1010, port - 1009)
+        )
     return srv
 
 

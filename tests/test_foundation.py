@@ -117,8 +117,13 @@ def test_console_script_runs() -> None:
 
 def test_readme_references_are_current() -> None:
     """README's command and configuration references are generated from the code: never stale."""
-    result = subprocess.run([sys.executable, str(ROOT / "docs" / "reference.py"), "--check"],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

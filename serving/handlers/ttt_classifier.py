@@ -106,8 +106,10 @@ class TTTClassifierHandler(TesseraHandler):
         out, start = [], 0
         for it in items:
             k = it.images.shape[0]
-            preds = [self._prediction(probs[i], before[i], losses[i], None if recon is None else recon[i])
-                     for i in range(start, start + k)]
+            preds = [
+                self._prediction(probs[i], before[i], losses[i], None if recon is None else recon[i])
+                for i in range(start, start + k)
+            ]
             out.append(
                 {
                     "classes": self.classes,
@@ -119,8 +121,9 @@ class TTTClassifierHandler(TesseraHandler):
             start += k
         return out
 
-    def _adapt(self, items: list[Item]
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _adapt(
+        self, items: list[Item]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """-> in item order: probabilities after TTT (N, K), the loss before each step (N, steps), the
         probabilities without adaptation (N, K) and, episodic only, the reconstruction loss before and
         after adaptation on the same masks (N, 2; None online)."""
@@ -158,19 +161,25 @@ class TTTClassifierHandler(TesseraHandler):
             )
             assert res.probs_before is not None and res.recon_loss_before is not None
             assert res.recon_loss_after is not None
-            fields = (res.probs_after, res.losses, res.probs_before,
-                      torch.stack([res.recon_loss_before, res.recon_loss_after], dim=1))
+            fields = (
+                res.probs_after,
+                res.losses,
+                res.probs_before,
+                torch.stack([res.recon_loss_before, res.recon_loss_after], dim=1),
+            )
             start = 0
             for j in members:
                 k = items[j].images.shape[0]
                 per_item[j] = tuple(f[start : start + k].cpu() for f in fields)
                 start += k
-        probs, losses, before, recon = (torch.cat([per_item[j][f] for j in range(len(items))])
-                                        for f in range(4))
+        probs, losses, before, recon = (
+            torch.cat([per_item[j][f] for j in range(len(items))]) for f in range(4)
+        )
         return probs, losses, before, recon
 
-    def _prediction(self, p: torch.Tensor, p0: torch.Tensor, loss: torch.Tensor,
-                    recon: torch.Tensor | None) -> dict[str, Any]:
+    def _prediction(
+        self, p: torch.Tensor, p0: torch.Tensor, loss: torch.Tensor, recon: torch.Tensor | None
+    ) -> dict[str, Any]:
         k, k0 = int(p.argmax()), int(p0.argmax())
         return {
             "class": self.classes[k],

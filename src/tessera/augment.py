@@ -25,10 +25,12 @@ def _clamp01(x: torch.Tensor) -> torch.Tensor:
 
 def mae_transform(img_size: int) -> Transform:
     """MAE's light augmentation: crop (scale 0.2-1, bicubic in the reference) and flip."""
-    return v2.Compose([
-        v2.RandomResizedCrop(img_size, scale=(0.2, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(img_size, scale=(0.2, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+    )
 
 
 def contrastive_transform(img_size: int, strength: float = 1.0, blur: bool = True) -> Transform:

@@ -93,13 +93,9 @@ def load(path: str | Path, *, arch: str | None = None, map_location: str = "cpu"
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a Tessera checkpoint: {e}") from e
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
-        raise CheckpointError(
-            f"checkpoint {path} is not a Tessera checkpoint (needs keys {REQUIRED})"
-        )
+        raise CheckpointError(f"checkpoint {path} is not a Tessera checkpoint (needs keys {REQUIRED})")
     if ckpt["schema"] != SCHEMA:
         raise CheckpointError(f"checkpoint {path} has schema {ckpt['schema']}, expected {SCHEMA}")
     if arch is not None and ckpt["arch"] != arch:
-        raise CheckpointError(
-            f"checkpoint {path} holds a {ckpt['arch']!r} model, expected {arch!r}"
-        )
+        raise CheckpointError(f"checkpoint {path} holds a {ckpt['arch']!r} model, expected {arch!r}")
     return ckpt

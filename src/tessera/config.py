@@ -59,9 +59,7 @@ def from_section(cls: type[T], section: Mapping[str, Any] | None, name: str = ""
     unknown = sorted(set(section) - set(fields))
     if unknown:
         where = f"params section {name!r}" if name else cls.__name__
-        raise ConfigError(
-            f"unknown key(s) {unknown} in {where}; known keys: {sorted(fields)}"
-        )
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; known keys: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in section.items():

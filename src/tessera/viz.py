@@ -51,7 +51,9 @@ def save_grid(
 
 @torch.no_grad()
 def mae_reconstruction(
-    model: MaskedAutoencoderViT, imgs: torch.Tensor, mask_ratio: float | None = None,
+    model: MaskedAutoencoderViT,
+    imgs: torch.Tensor,
+    mask_ratio: float | None = None,
     noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (original, masked (masked patches grey), reconstruction with visible patches pasted back).
@@ -75,8 +77,9 @@ def mae_reconstruction(
     return imgs, masked, pasted
 
 
-def save_mae_grid(model: MaskedAutoencoderViT, imgs: torch.Tensor, path: str | Path, seed: int = 0,
-                  scale: int = 2) -> Path:
+def save_mae_grid(
+    model: MaskedAutoencoderViT, imgs: torch.Tensor, path: str | Path, seed: int = 0, scale: int = 2
+) -> Path:
     """Three rows (original / masked / reconstruction) for ``imgs``, masked with noise from ``seed``."""
     device = next(model.parameters()).device
     imgs = imgs.to(device)

@@ -43,7 +43,8 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.n
         x = x + np.random.default_rng(seed).normal(0, 0.08 * severity, x.shape)
     else:
         x = (x - x.mean(axis=(1, 2, 3), keepdims=True)) * (1 - 0.25 * severity) + x.mean(
-            axis=(1, 2, 3), keepdims=True)
+            axis=(1, 2, 3), keepdims=True
+        )
     return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
 
 

@@ -23,8 +23,9 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_tent_updates_only_normalisation_affine_parameters(classifier: TTTClassifier,
-                                                           images: torch.Tensor) -> None:
+def test_tent_updates_only_normalisation_affine_parameters(
+    classifier: TTTClassifier, images: torch.Tensor
+) -> None:
     before = _state(classifier)
     norm_names = {f"backbone.encoder.{n}" for n in norm_parameters(classifier.encoder)}
     assert norm_names and all(n.rsplit(".", 1)[-1] in ("weight", "bias") for n in norm_names)
@@ -52,8 +53,9 @@ def test_normstat_uses_test_statistics_and_prior(classifier: TTTClassifier, imag
     torch.testing.assert_close(test_only, classifier.head.fc(normed).softmax(1).detach())
 
 
-def test_rotation_ttt_episodic_restores_and_online_adapts(classifier: TTTClassifier,
-                                                          images: torch.Tensor) -> None:
+def test_rotation_ttt_episodic_restores_and_online_adapts(
+    classifier: TTTClassifier, images: torch.Tensor
+) -> None:
     rotated, labels = rotate_batch(images[:2])
     assert rotated.shape == (8, 3, 32, 32) and labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert torch.equal(rotated[2], torch.rot90(images[0], 1, dims=(1, 2)))
@@ -82,8 +84,9 @@ def test_linear_probe_on_digits_beats_chance_widely(trained_mae: torch.nn.Module
 
     x, y = digits_32(30)
     xt, yt = digits_32(10, offset=30)
-    model = TTTClassifier("mae_vit_micro_patch4", registry.config_of("mae_vit_micro_patch4"), 10,
-                          rotation_head=True)
+    model = TTTClassifier(
+        "mae_vit_micro_patch4", registry.config_of("mae_vit_micro_patch4"), 10, rotation_head=True
+    )
     model.backbone.load_state_dict(trained_mae.state_dict())
     settings = TrainSettings(epochs=40, lr=1e-2, batch_size=64)
     train_linear_probe(model, as_tensor(x), torch.from_numpy(y), settings)

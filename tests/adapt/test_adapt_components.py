@@ -19,13 +19,15 @@ from tessera.adapt.heads import ARCH
 from tessera.errors import ConfigError, DataError, ModelError
 
 Adapted = tuple[Path, dict[str, float]]
-EVAL = eval_step.Config(per_cell=4, clean_subset=10, ttt_steps=2, ttt_copies=2, rotation_steps=1,
-                        batch_size=4, progress=False)
+EVAL = eval_step.Config(
+    per_cell=4, clean_subset=10, ttt_steps=2, ttt_copies=2, rotation_steps=1, batch_size=4, progress=False
+)
 
 
 @pytest.fixture(scope="module")
-def adapted(digits_dirs: tuple[Path, Path], encoder_path: Path, tmp_path_factory: pytest.TempPathFactory
-            ) -> tuple[Path, dict[str, float]]:
+def adapted(
+    digits_dirs: tuple[Path, Path], encoder_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, float]]:
     out = tmp_path_factory.mktemp("adapt-out")
     cfg = adapt_step.Config(methods=("linear", "knn", "finetune"), epochs=40, finetune_epochs=1, ttt_steps=3)
     return out, adapt_step.run(cfg, digits_dirs[0], encoder_path, out)
@@ -47,24 +49,40 @@ def test_adapt_writes_classifier_knn_finetune_and_metrics(adapted: tuple[Path, d
 
 
 def test_registry_rebuilds_the_classifier_without_importing_tessera_adapt(
-        adapted: tuple[Path, dict[str, float]]) -> None:
-    code = ("import sys; from tessera import checkpoint; from tessera.models import registry;"
-            f"m = registry.from_checkpoint(checkpoint.load({str(adapted[0] / 'classifier.pt')!r}));"
-            "print(type(m).__name__, 'ttt_mae_classifier' in registry.names())")
+    adapted: tuple[Path, dict[str, float]],
+) -> None:
+    code = (
+        "import sys; from tessera import checkpoint; from tessera.models import registry;"
+        f"m = registry.from_checkpoint(checkpoint.load({str(adapted[0] / 'classifier.pt')!r}));"
+        "print(type(m).__name__, 'ttt_mae_classifier' in registry.names())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["TTTClassifier", "True"]
 
 
-def test_evaluate_writes_every_key_plot_and_table(digits_dirs: tuple[Path, Path], adapted: Adapted,
-                                                  tmp_path: Path) -> None:
+def test_evaluate_writes_every_key_plot_and_table(
+    digits_dirs: tuple[Path, Path], adapted: Adapted, tmp_path: Path
+) -> None:
     data, cdata = digits_dirs
     params = tmp_path / "params.yaml"
     section = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(EVAL).items()}
     params.write_text(yaml.safe_dump({"evaluate": section}))
     out = tmp_path / "eval"
-    eval_step.main(["--params", str(params), "--data", str(data), "--corrupted", str(cdata),
-                    "--classifier", str(adapted[0] / "classifier.pt"), "--out", str(out)])
+    eval_step.main(
+        [
+            "--params",
+            str(params),
+            "--data",
+            str(data),
+            "--corrupted",
+            str(cdata),
+            "--classifier",
+            str(adapted[0] / "classifier.pt"),
+            "--out",
+            str(out),
+        ]
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["clean/n"] == 100 and m["clean/accuracy"] > 0.5
     for method in eval_step.ALL_METHODS:
@@ -85,29 +103,33 @@ def test_evaluate_writes_every_key_plot_and_table(digits_dirs: tuple[Path, Path]
     assert len(rows) == 1 + len(eval_step.ALL_METHODS) * 4
 
 
-def test_evaluate_batched_and_loop_agree(digits_dirs: tuple[Path, Path], adapted: Adapted,
-                                         tmp_path: Path) -> None:
+def test_evaluate_batched_and_loop_agree(
+    digits_dirs: tuple[Path, Path], adapted: Adapted, tmp_path: Path
+) -> None:
     import dataclasses
 
     data, cdata = digits_dirs
     cfg = dataclasses.replace(EVAL, methods=("ttt_mae_episodic",), corruptions=("contrast",), severities=(3,))
     a = eval_step.run(cfg, data, cdata, adapted[0] / "classifier.pt", tmp_path / "a")
-    b = eval_step.run(dataclasses.replace(cfg, batched=False), data, cdata, adapted[0] / "classifier.pt",
-                      tmp_path / "b")
+    b = eval_step.run(
+        dataclasses.replace(cfg, batched=False), data, cdata, adapted[0] / "classifier.pt", tmp_path / "b"
+    )
     assert a["corrupted/ttt_mae_episodic/contrast/3"] == b["corrupted/ttt_mae_episodic/contrast/3"]
     assert "corrupted/ttt_mae_episodic/gaussian_noise/3" not in a
 
 
-def test_missing_corrupted_set_says_what_to_run(digits_dirs: tuple[Path, Path], adapted: Adapted,
-                                                tmp_path: Path) -> None:
+def test_missing_corrupted_set_says_what_to_run(
+    digits_dirs: tuple[Path, Path], adapted: Adapted, tmp_path: Path
+) -> None:
     with pytest.raises(DataError, match=r"run `tessera data corrupt --name digits`"):
-        eval_step.run(EVAL, digits_dirs[0], tmp_path / "digits-c", adapted[0] / "classifier.pt",
-                      tmp_path / "o")
+        eval_step.run(
+            EVAL, digits_dirs[0], tmp_path / "digits-c", adapted[0] / "classifier.pt", tmp_path / "o"
+        )
 
 
-def test_head_with_wrong_number_of_classes_is_refused(digits_dirs: tuple[Path, Path],
-                                                      adapted: tuple[Path, dict[str, float]],
-                                                      tmp_path: Path) -> None:
+def test_head_with_wrong_number_of_classes_is_refused(
+    digits_dirs: tuple[Path, Path], adapted: tuple[Path, dict[str, float]], tmp_path: Path
+) -> None:
     data = tmp_path / "three"
     for c in ("digit_0", "digit_1", "digit_2"):
         shutil.copytree(digits_dirs[0] / "test" / c, data / "test" / c)
@@ -115,8 +137,9 @@ def test_head_with_wrong_number_of_classes_is_refused(digits_dirs: tuple[Path, P
         eval_step.run(EVAL, data, digits_dirs[1], adapted[0] / "classifier.pt", tmp_path / "o")
 
 
-def test_ttt_mae_on_a_classifier_without_decoder_is_refused(digits_dirs: tuple[Path, Path],
-                                                            tmp_path: Path) -> None:
+def test_ttt_mae_on_a_classifier_without_decoder_is_refused(
+    digits_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
     from tessera.models import registry
 
     enc = tmp_path / "simclr.pt"

@@ -34,8 +34,9 @@ def test_zero_steps_equals_frozen_model_exactly(classifier: TTTClassifier, image
     torch.testing.assert_close(res.probs_before, frozen, rtol=0, atol=1e-5)
 
 
-def test_episodic_restores_weights_and_optimizer_bit_for_bit(classifier: TTTClassifier,
-                                                             images: torch.Tensor) -> None:
+def test_episodic_restores_weights_and_optimizer_bit_for_bit(
+    classifier: TTTClassifier, images: torch.Tensor
+) -> None:
     before = _state(classifier)
     trainer = ttt_mae_trainer(classifier, SMALL)
     probs, losses = trainer.run(images)
@@ -55,8 +56,9 @@ def test_episodic_predictions_do_not_depend_on_order(classifier: TTTClassifier, 
     assert torch.equal(probs[3], single[0])
 
 
-def test_online_changes_weights_and_reset_policy_restores(classifier: TTTClassifier,
-                                                          images: torch.Tensor) -> None:
+def test_online_changes_weights_and_reset_policy_restores(
+    classifier: TTTClassifier, images: torch.Tensor
+) -> None:
     before = _state(classifier)
     trainer = ttt_mae_trainer(classifier, dataclasses.replace(SMALL, mode="online"))
     trainer.run(images)
@@ -76,8 +78,9 @@ def test_online_changes_weights_and_reset_policy_restores(classifier: TTTClassif
 def test_batched_matches_per_sample_loop(classifier: TTTClassifier, images: torch.Tensor) -> None:
     settings = TTTSettings(steps=5, copies=4, lr=5e-3, seed=7)
     loop_probs, loop_losses = ttt_mae_predict(classifier, images, settings, start_index=10)
-    res = adapt_batch(classifier, images, steps=5, copies=4, lr=5e-3, seed=7,
-                      indices=list(range(10, 10 + len(images))))
+    res = adapt_batch(
+        classifier, images, steps=5, copies=4, lr=5e-3, seed=7, indices=list(range(10, 10 + len(images)))
+    )
     # tolerance stated in docs/adapt.md: probabilities within 1e-4, losses within 1e-4
     torch.testing.assert_close(res.probs_after, loop_probs, rtol=0, atol=1e-4)
     torch.testing.assert_close(res.losses, loop_losses, rtol=0, atol=1e-4)
@@ -89,8 +92,9 @@ def test_batched_matches_per_sample_loop(classifier: TTTClassifier, images: torc
     assert torch.equal(res2.probs_after, res.probs_after)
 
 
-def test_batched_leaves_model_unchanged_and_works_under_inference_mode(classifier: TTTClassifier,
-                                                                       images: torch.Tensor) -> None:
+def test_batched_leaves_model_unchanged_and_works_under_inference_mode(
+    classifier: TTTClassifier, images: torch.Tensor
+) -> None:
     before = _state(classifier)
     with torch.inference_mode():
         res = adapt_batch(classifier, images, steps=2, copies=2, chunk_size=2)
@@ -117,8 +121,9 @@ def test_ttt_mae_refuses_a_model_without_decoder() -> None:
         adapt_batch(model, torch.rand(2, 3, 32, 32), steps=1, copies=2)
 
 
-def test_batched_without_diagnostics_predicts_the_same(classifier: TTTClassifier,
-                                                       images: torch.Tensor) -> None:
+def test_batched_without_diagnostics_predicts_the_same(
+    classifier: TTTClassifier, images: torch.Tensor
+) -> None:
     full = adapt_batch(classifier, images, steps=2, copies=2, seed=1)
     lean = adapt_batch(classifier, images, steps=2, copies=2, seed=1, diagnostics=False)
     assert torch.equal(lean.probs_after, full.probs_after) and torch.equal(lean.losses, full.losses)

@@ -126,16 +126,26 @@ def test_rerun_refuses_other_arch_changed_settings_and_corrupt_files(data: Path,
     with pytest.raises(CheckpointError, match="holds a 'mae_vit_micro_patch4'.*delete"):
         run(Config(method="byol", arch="byol_vit_micro_patch4", epochs=1), data, tmp_path, progress=False)
     with pytest.raises(CheckpointError, match=r"\['lr'\] differ"):
-        run(Config(arch="mae_vit_micro_patch4", epochs=1, batch_size=16, lr=0.1), data, tmp_path,
-            data_version=VERSION, progress=False)
+        run(
+            Config(arch="mae_vit_micro_patch4", epochs=1, batch_size=16, lr=0.1),
+            data,
+            tmp_path,
+            data_version=VERSION,
+            progress=False,
+        )
     with pytest.raises(CheckpointError, match="other data"):
         run(cfg, data, tmp_path, data_version={"md5": "ffff"}, progress=False)
     ckpt = tmp_path / "encoder.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt"):
         run(cfg, data, tmp_path, data_version=VERSION, progress=False)
-    fresh = run(Config(arch="mae_vit_micro_patch4", epochs=1, batch_size=16, grid_every=0, resume=False),
-                data, tmp_path, data_version=VERSION, progress=False)
+    fresh = run(
+        Config(arch="mae_vit_micro_patch4", epochs=1, batch_size=16, grid_every=0, resume=False),
+        data,
+        tmp_path,
+        data_version=VERSION,
+        progress=False,
+    )
     assert fresh["steps"] == 5
 
 
@@ -146,25 +156,65 @@ def test_typer_command_and_module_entry_point(data: Path, tmp_path: Path) -> Non
     from components import pretrain
 
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"pretrain": {"arch": "mae_vit_micro_patch4", "epochs": 1,
-                                                   "batch_size": 32, "grid_every": 0}}))
+    params.write_text(
+        yaml.safe_dump(
+            {"pretrain": {"arch": "mae_vit_micro_patch4", "epochs": 1, "batch_size": 32, "grid_every": 0}}
+        )
+    )
     app = typer.Typer()
     app.command()(pretrain.cli)
     app.command("other")(lambda: None)  # two commands, so typer keeps the name `cli`
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["cli", "--params", str(params), "--data", str(data), "--out", str(out),
-                                   "--data-version", json.dumps(VERSION), "--no-progress"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "cli",
+            "--params",
+            str(params),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--data-version",
+            json.dumps(VERSION),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert checkpoint.load(out / "encoder.pt")["data_version"] == VERSION
     assert (out / "tracker.jsonl").read_text().count("pretrain/loss") == 1
-    res = CliRunner().invoke(app, ["cli", "--params", str(params), "--data", str(tmp_path / "nodata"),
-                                   "--out", str(tmp_path / "o2"), "--data-version", "abc"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "cli",
+            "--params",
+            str(params),
+            "--data",
+            str(tmp_path / "nodata"),
+            "--out",
+            str(tmp_path / "o2"),
+            "--data-version",
+            "abc",
+        ],
+    )
     assert res.exit_code == 2 and "not found" in res.output
 
 
 def _cmd(params: Path, data: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "components.pretrain", "--params", str(params), "--data", str(data),
-            "--out", str(out), "--data-version", json.dumps(VERSION), "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "components.pretrain",
+        "--params",
+        str(params),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--data-version",
+        json.dumps(VERSION),
+        "--no-progress",
+    ]
 
 
 @pytest.mark.slow
@@ -174,8 +224,9 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(data: Path, tmp_path: 
     params.write_text(yaml.safe_dump({"pretrain": section}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(params, data, killed), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        _cmd(params, data, killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     while not (killed / "encoder.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

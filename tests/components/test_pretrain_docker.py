@@ -53,7 +53,12 @@ def test_entry_point_is_a_real_command(dockerfile: str) -> None:
     assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
     # the default command's options are accepted by the module's own parser (an unknown option
     # exits 2 before --help is honoured), and the module runs
-    res = subprocess.run([sys.executable, "-m", module, *options, "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", module, *options, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "--params" in res.stdout and "--data" in res.stdout

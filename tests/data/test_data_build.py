@@ -80,9 +80,15 @@ def test_corrupted_set_is_the_same_for_any_worker_count(built: tuple[Path, Path]
 
 def test_build_and_corrupt_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    params = {"data": {"name": "tiny", "unlabeled_patches": 10},
-              "corrupt": {"corruptions": ["contrast", "jpeg_compression"], "severities": [1, 3],
-                          "max_per_class": 1, "workers": 1}}
+    params = {
+        "data": {"name": "tiny", "unlabeled_patches": 10},
+        "corrupt": {
+            "corruptions": ["contrast", "jpeg_compression"],
+            "severities": [1, 3],
+            "max_per_class": 1,
+            "workers": 1,
+        },
+    }
     Path("params.yaml").write_text(yaml.safe_dump(params))
     assert data_step.main(["build", "--params", "params.yaml"]) == 0
     metrics = json.loads(Path("runs/data/metrics.json").read_text())
@@ -90,8 +96,14 @@ def test_build_and_corrupt_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert data_step.main(["corrupt", "--extras", "--severities", "2"]) == 0
     out = Path("data/tiny-c")
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["corruptions"] == ["contrast", "jpeg_compression", "speckle_noise", "gaussian_blur",
-                                       "spatter", "saturate"]
+    assert manifest["corruptions"] == [
+        "contrast",
+        "jpeg_compression",
+        "speckle_noise",
+        "gaussian_blur",
+        "spatter",
+        "saturate",
+    ]
     assert manifest["severities"] == [2] and manifest["parameterisation"] == "cifar10-c"
     sheet = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / "contact_sheet.png"))
     assert sheet.shape[0] > 6 * 64 and sheet.shape[2] == 3

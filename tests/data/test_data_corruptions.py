@@ -50,8 +50,11 @@ def images() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def outputs(images: list[np.ndarray]) -> dict[tuple[str, int], list[np.ndarray]]:
-    return {(c, s): [corrupt(x, c, s, image_seed(0, c, s, i)) for i, x in enumerate(images)]
-            for c in ALL_CORRUPTIONS for s in SEVERITIES}
+    return {
+        (c, s): [corrupt(x, c, s, image_seed(0, c, s, i)) for i, x in enumerate(images)]
+        for c in ALL_CORRUPTIONS
+        for s in SEVERITIES
+    }
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -65,8 +68,9 @@ def test_fifteen_standard_and_four_extras() -> None:
 
 
 @pytest.mark.parametrize("corruption", ALL_CORRUPTIONS)
-def test_shape_dtype_and_determinism(corruption: str, images: list[np.ndarray],
-                                     outputs: dict[tuple[str, int], list[np.ndarray]]) -> None:
+def test_shape_dtype_and_determinism(
+    corruption: str, images: list[np.ndarray], outputs: dict[tuple[str, int], list[np.ndarray]]
+) -> None:
     for s in SEVERITIES:
         for i, (x, y) in enumerate(zip(images[:4], outputs[(corruption, s)][:4], strict=True)):
             assert y.shape == x.shape and y.dtype == np.uint8
@@ -81,10 +85,13 @@ def test_random_corruptions_depend_on_the_seed(images: list[np.ndarray]) -> None
 
 
 @pytest.mark.parametrize("corruption", ALL_CORRUPTIONS)
-def test_distance_grows_with_severity(corruption: str, images: list[np.ndarray],
-                                      outputs: dict[tuple[str, int], list[np.ndarray]]) -> None:
-    psnr = [np.mean([_psnr(x, y) for x, y in zip(images, outputs[(corruption, s)], strict=True)])
-            for s in SEVERITIES]
+def test_distance_grows_with_severity(
+    corruption: str, images: list[np.ndarray], outputs: dict[tuple[str, int], list[np.ndarray]]
+) -> None:
+    psnr = [
+        np.mean([_psnr(x, y) for x, y in zip(images, outputs[(corruption, s)], strict=True)])
+        for s in SEVERITIES
+    ]
     allowed = NON_MONOTONE.get(corruption, set())
     for s in SEVERITIES[:-1]:
         if (s, s + 1) not in allowed:

@@ -45,11 +45,17 @@ def _jpeg(seed: int = 0) -> bytes:
 
 def _bomb() -> bytes:
     """A valid PNG header declaring 60,000 x 60,000 pixels, with almost no data behind it."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 BAD = {  # file -> a word its rejection reason must contain
@@ -62,9 +68,17 @@ BAD = {  # file -> a word its rejection reason must contain
     "dog/pipe.png": "not a regular file",
 }
 GOOD = {
-    "cat/rgb.png": "RGB", "cat/grey.png": "L", "cat/palette.png": "P", "cat/alpha.png": "RGBA",
-    "cat/deep.png": "I;16", "cat/photo.jpg": "jpeg",
-    "dog/a.png": "RGB", "dog/b.png": "LA", "dog/c.jpg": "jpeg", "dog/d.png": "RGB", "dog/e.png": "RGB",
+    "cat/rgb.png": "RGB",
+    "cat/grey.png": "L",
+    "cat/palette.png": "P",
+    "cat/alpha.png": "RGBA",
+    "cat/deep.png": "I;16",
+    "cat/photo.jpg": "jpeg",
+    "dog/a.png": "RGB",
+    "dog/b.png": "LA",
+    "dog/c.jpg": "jpeg",
+    "dog/d.png": "RGB",
+    "dog/e.png": "RGB",
 }
 
 
@@ -187,8 +201,11 @@ def test_seeded_stratified_split(tmp_path: Path) -> None:
             (src / cls / f"{i}.png").write_bytes(_png("RGB", (8, 8), seed=i))
     r1 = import_folder(src, tmp_path / "d1", split="0.8,0.1,0.1", seed=3)
     r2 = import_folder(src, tmp_path / "d2", split="0.8,0.1,0.1", seed=3)
-    assert r1.counts == r2.counts == {"train": {"a": 16, "b": 16}, "val": {"a": 2, "b": 2},
-                                      "test": {"a": 2, "b": 2}}
+    assert (
+        r1.counts
+        == r2.counts
+        == {"train": {"a": 16, "b": 16}, "val": {"a": 2, "b": 2}, "test": {"a": 2, "b": 2}}
+    )
     m1 = json.loads((tmp_path / "d1" / "manifest.json").read_text())["files"]
     m2 = json.loads((tmp_path / "d2" / "manifest.json").read_text())["files"]
     assert m1 == m2

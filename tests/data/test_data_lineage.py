@@ -72,8 +72,15 @@ def test_round_trip_and_tamper_detection(repo: Path) -> None:
 
 def test_dvc_lock_outputs_are_found(repo: Path) -> None:
     """A dvc.yaml stage's output is checked against dvc.lock, like a `.dvc` file's."""
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"copy": {
-        "cmd": "cp -r data/set data/copy", "deps": ["data/set"], "outs": ["data/copy"]}}}))
+    (repo / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "copy": {"cmd": "cp -r data/set data/copy", "deps": ["data/set"], "outs": ["data/copy"]}
+                }
+            }
+        )
+    )
     lineage.run_dvc(["repro", "-q"], cwd=repo)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     out = lock["stages"]["copy"]["outs"][0]

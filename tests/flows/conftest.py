@@ -16,14 +16,39 @@ from PIL import Image
 CLASSES = ("a", "b", "c")
 TINY_PARAMS = {
     "data": {"name": "tiny"},
-    "pretrain": {"arch": "mae_vit_micro_patch4", "epochs": 1, "batch_size": 16, "device": "cpu",
-                 "grid_every": 1, "augment": False},
-    "generator": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "k": 4, "z_dim": 8, "g_ch": 8,
-                  "d_ch": 8, "cond_dim": 8, "eval_samples": 12, "kid_subset_size": 6, "kid_subsets": 2,
-                  "grid_rows": 2, "grid_cols": 2, "device": "cpu", "progress": False},
+    "pretrain": {
+        "arch": "mae_vit_micro_patch4",
+        "epochs": 1,
+        "batch_size": 16,
+        "device": "cpu",
+        "grid_every": 1,
+        "augment": False,
+    },
+    "generator": {
+        "epochs": 1,
+        "steps_per_epoch": 2,
+        "batch_size": 8,
+        "k": 4,
+        "z_dim": 8,
+        "g_ch": 8,
+        "d_ch": 8,
+        "cond_dim": 8,
+        "eval_samples": 12,
+        "kid_subset_size": 6,
+        "kid_subsets": 2,
+        "grid_rows": 2,
+        "grid_cols": 2,
+        "device": "cpu",
+        "progress": False,
+    },
     "adapt": {"methods": ["linear"], "epochs": 5, "rotation_head": False, "ttt_steps": 1, "ttt_copies": 2},
-    "evaluate": {"methods": ["frozen", "ttt_mae_episodic"], "per_cell": 3, "clean_subset": 3,
-                 "batch_size": 4, "progress": False},
+    "evaluate": {
+        "methods": ["frozen", "ttt_mae_episodic"],
+        "per_cell": 3,
+        "clean_subset": 3,
+        "batch_size": 4,
+        "progress": False,
+    },
     "promote": {"min_clean_accuracy": 0.0, "min_corrupted_accuracy": 0.0},
     "mlflow": {"system_metrics_interval_s": 1.0},
 }
@@ -81,5 +106,3 @@ def make_project(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_project(tmp_path_factory.mktemp("project"))
-
-

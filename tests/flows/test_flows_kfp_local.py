@@ -12,8 +12,9 @@ from components import pipeline, registry, tracking
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_compiled_pipeline_yaml_is_current_and_requests_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                             ) -> None:
+def test_compiled_pipeline_yaml_is_current_and_requests_gpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(pipeline.IMAGE_ENV, raising=False)
     fresh = pipeline.compile_yaml(tmp_path / "retrain.yaml")
     committed = ROOT / "infra" / "kfp" / "retrain.yaml"
@@ -21,21 +22,26 @@ def test_compiled_pipeline_yaml_is_current_and_requests_gpus(tmp_path: Path, mon
     assert committed.read_text() == fresh.read_text(), stale
     spec = yaml.safe_load(fresh.read_text())
     executors = spec["deploymentSpec"]["executors"]
-    gpu = {name for name, ex in executors.items()
-           if "accelerator" in ex.get("container", {}).get("resources", {})}
+    gpu = {
+        name
+        for name, ex in executors.items()
+        if "accelerator" in ex.get("container", {}).get("resources", {})
+    }
     assert gpu == {"exec-pretrain", "exec-generator", "exec-adapt"}
     for ex in executors.values():
         if "container" in ex:
             assert ex["container"]["image"] == pipeline.DEFAULT_IMAGE
             assert ex["container"]["command"][:2] == ["python", "-m"]
     tasks = spec["root"]["dag"]["tasks"]
-    assert all(t.get("retryPolicy", {}).get("maxRetryCount") == 2
-               for n, t in tasks.items() if "importer" not in n)
+    assert all(
+        t.get("retryPolicy", {}).get("maxRetryCount") == 2 for n, t in tasks.items() if "importer" not in n
+    )
 
 
 @pytest.mark.slow
-def test_lightweight_pipeline_runs_end_to_end_under_kfp_local(tiny_project: Path, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lightweight_pipeline_runs_end_to_end_under_kfp_local(
+    tiny_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from components.pipeline_local import run_local
     from tessera.config import load_params
 

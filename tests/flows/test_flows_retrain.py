@@ -43,15 +43,17 @@ def _artifact(api_url: str, key: str) -> str:
 
 
 def test_retrain_killed_after_pretraining_resumes_from_cache_then_skips(
-        prefect_harness: str, tiny_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prefect_harness: str, tiny_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.retrain import FAULT_ENV, retrain
 
     monkeypatch.setenv("TESSERA_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.delenv("TESSERA_MLFLOW_URI", raising=False)
     env = {**os.environ, FAULT_ENV: "pretrain", "PREFECT_API_URL": prefect_harness, "PYTHONPATH": str(ROOT)}
     code = f"from flows.retrain import retrain; retrain(root={str(tiny_project)!r}, deploy=False)"
-    crashed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=300)
+    crashed = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert crashed.returncode == 137, crashed.stderr[-3000:]
     encoder = next((tmp_path / "ws" / "runs" / "pretrain").glob("*/encoder.pt"))
     mtime = encoder.stat().st_mtime_ns
@@ -62,8 +64,9 @@ def test_retrain_killed_after_pretraining_resumes_from_cache_then_skips(
     assert summary["steps"]["adapt"]["cached"] is False
     _check_release(summary, tiny_project)
     client = tracking.client()
-    children = client.search_runs([tracking.experiment_id(client)],
-                                  f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}'")
+    children = client.search_runs(
+        [tracking.experiment_id(client)], f"tags.mlflow.parentRunId = '{summary['mlflow_run_id']}'"
+    )
     steps = {r.data.tags["mlflow.runName"]: r for r in children}
     assert {"generator", "adapt", "evaluate"} <= set(steps)
     assert any(k.startswith("system/") for k in steps["adapt"].data.metrics)
@@ -75,8 +78,9 @@ def test_retrain_killed_after_pretraining_resumes_from_cache_then_skips(
     assert "nothing to do" in again["skipped"] and "mlflow_run_id" not in again
 
 
-def test_retrain_with_mlflow_on_postgresql(prefect_harness: str, tiny_project: Path, tmp_path: Path,
-                                           pg_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retrain_with_mlflow_on_postgresql(
+    prefect_harness: str, tiny_project: Path, tmp_path: Path, pg_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.retrain import retrain
 
     monkeypatch.setenv("TESSERA_WORKSPACE", str(tmp_path / "ws"))
@@ -87,8 +91,9 @@ def test_retrain_with_mlflow_on_postgresql(prefect_harness: str, tiny_project: P
     _check_release(summary, tiny_project)
 
 
-def test_retrain_stops_on_tampered_data(prefect_harness: str, tiny_project: Path, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retrain_stops_on_tampered_data(
+    prefect_harness: str, tiny_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shutil
 
     from flows.retrain import retrain

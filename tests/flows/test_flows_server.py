@@ -23,8 +23,14 @@ def _free_port() -> int:
 
 
 def _tessera(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "components.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "components.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_flows_up_registers_the_cron_deployment_and_a_triggered_run_completes(tmp_path: Path) -> None:
@@ -42,8 +48,9 @@ def test_flows_up_registers_the_cron_deployment_and_a_triggered_run_completes(tm
         schedules = by_name["retrain-weekly"]["schedules"]
         assert [s["schedule"]["cron"] for s in schedules] == ["0 3 * * 1"]
         assert by_name["retrain-weekly"]["work_pool_name"] == "tessera-process"
-        run = httpx.post(f"{api}/deployments/{by_name['health']['id']}/create_flow_run", json={},
-                         timeout=30).json()
+        run = httpx.post(
+            f"{api}/deployments/{by_name['health']['id']}/create_flow_run", json={}, timeout=30
+        ).json()
         state = None
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -51,7 +58,7 @@ def test_flows_up_registers_the_cron_deployment_and_a_triggered_run_completes(tm
             if state in ("COMPLETED", "FAILED", "CRASHED"):
                 break
             time.sleep(1)
-        log = (tmp_path / "ws" / "prefect" / "worker.log")
+        log = tmp_path / "ws" / "prefect" / "worker.log"
         assert state == "COMPLETED", log.read_text()[-3000:] if log.exists() else state
     finally:
         down = _tessera(["flows", "down"], env, timeout=120)

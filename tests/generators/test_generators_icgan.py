@@ -112,8 +112,9 @@ def test_knn_puts_the_instance_first_and_finds_its_cluster() -> None:
     assert torch.equal(idx % 4, (torch.arange(20) % 4)[:, None].expand(-1, 5))
 
 
-def test_neighbourhoods_are_cached_per_data_and_encoder_version(tiny_mae: torch.nn.Module,
-                                                                 tmp_path: Path) -> None:
+def test_neighbourhoods_are_cached_per_data_and_encoder_version(
+    tiny_mae: torch.nn.Module, tmp_path: Path
+) -> None:
     images = as_tensor(shapes(20))
     emb, idx = neighbourhoods(tiny_mae, images, 4, cache_dir=tmp_path)
     files = list(tmp_path.glob("knn-*-k4.pt"))
@@ -127,17 +128,20 @@ def test_neighbourhoods_are_cached_per_data_and_encoder_version(tiny_mae: torch.
     assert len(list(tmp_path.glob("knn-*-k4.pt"))) == 3
 
 
-def test_registry_knows_icgan_without_importing_the_generators(tiny_mae: torch.nn.Module,
-                                                               tmp_path: Path) -> None:
+def test_registry_knows_icgan_without_importing_the_generators(
+    tiny_mae: torch.nn.Module, tmp_path: Path
+) -> None:
     """Serving and MLflow rebuild a generator.pt through the registry alone (zoo.py imports the bundle)."""
     import subprocess
     import sys
 
     model = _bundle(tiny_mae)
     path = checkpoint.save(checkpoint.make("icgan", model.config(), model.state_dict()), tmp_path / "g.pt")
-    code = ("import sys; from tessera import checkpoint; from tessera.models import registry; "
-            f"m = registry.from_checkpoint(checkpoint.load({str(path)!r})); "
-            "print(type(m).__name__, tuple(m.sample(2).shape))")
+    code = (
+        "import sys; from tessera import checkpoint; from tessera.models import registry; "
+        f"m = registry.from_checkpoint(checkpoint.load({str(path)!r})); "
+        "print(type(m).__name__, tuple(m.sample(2).shape))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "ICGAN (2, 3, 32, 32)" in res.stdout

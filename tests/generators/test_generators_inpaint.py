@@ -95,8 +95,19 @@ def test_inpaint_cli_writes_before_and_after(encoder_ckpt: Path, tmp_path: Path)
     arr = shapes(1)[0]
     img = tmp_path / "in.png"
     Image.fromarray(arr).save(img)
-    res = CliRunner().invoke(app, ["inpaint", str(img), "--encoder", str(encoder_ckpt),
-                                   "--box", "4,4,16,20", "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "inpaint",
+            str(img),
+            "--encoder",
+            str(encoder_ckpt),
+            "--box",
+            "4,4,16,20",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     after = np.asarray(Image.open(tmp_path / "o" / "after.png"))
     before = np.asarray(Image.open(tmp_path / "o" / "before.png"))
@@ -104,8 +115,19 @@ def test_inpaint_cli_writes_before_and_after(encoder_ckpt: Path, tmp_path: Path)
     region[4:20, 4:16] = True
     assert np.array_equal(after[~region], arr[~region]) and np.array_equal(before[~region], arr[~region])
     assert (before[region] == 128).all()
-    full = CliRunner().invoke(app, ["inpaint", str(img), "--encoder", str(encoder_ckpt), "--box", "0,0,32,32",
-                                    "--out", str(tmp_path / "o4")])
+    full = CliRunner().invoke(
+        app,
+        [
+            "inpaint",
+            str(img),
+            "--encoder",
+            str(encoder_ckpt),
+            "--box",
+            "0,0,32,32",
+            "--out",
+            str(tmp_path / "o4"),
+        ],
+    )
     assert full.exit_code == 1 and "every patch" in full.output
     from components.inpaint import inpaint_file
 
@@ -119,8 +141,10 @@ def test_inpaint_cli_refuses_norm_pix_checkpoint(tmp_path: Path) -> None:
     from components.inpaint import inpaint_file
 
     cfg = registry.config_of(ENCODER_ARCH, norm_pix_loss=True)
-    ck = checkpoint.save(checkpoint.make(ENCODER_ARCH, cfg, registry.build(ENCODER_ARCH, **cfg).state_dict()),
-                         tmp_path / "np.pt")
+    ck = checkpoint.save(
+        checkpoint.make(ENCODER_ARCH, cfg, registry.build(ENCODER_ARCH, **cfg).state_dict()),
+        tmp_path / "np.pt",
+    )
     Image.fromarray(shapes(1)[0]).save(tmp_path / "in.png")
     with pytest.raises(ModelError, match="raw pixels"):
         inpaint_file(tmp_path / "in.png", ck, tmp_path / "o", box="0,0,8,8")

@@ -17,8 +17,22 @@ from tessera.errors import CheckpointError, ConfigError
 from tessera.generators import ICGAN
 from tessera.models import registry
 
-TINY = Config(epochs=2, steps_per_epoch=3, batch_size=8, k=5, z_dim=16, g_ch=8, d_ch=8, cond_dim=16,
-              eval_samples=24, kid_subset_size=12, kid_subsets=5, grid_rows=3, grid_cols=4, progress=False)
+TINY = Config(
+    epochs=2,
+    steps_per_epoch=3,
+    batch_size=8,
+    k=5,
+    z_dim=16,
+    g_ch=8,
+    d_ch=8,
+    cond_dim=16,
+    eval_samples=24,
+    kid_subset_size=12,
+    kid_subsets=5,
+    grid_rows=3,
+    grid_cols=4,
+    progress=False,
+)
 
 
 class ListTracker:
@@ -60,13 +74,16 @@ def test_run_writes_checkpoint_metrics_and_grids(tiny_data: Path, encoder_ckpt: 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
     ck = checkpoint.load(out / "generator.pt")
-    return {**{f"g.{k}": v for k, v in ck["extra"]["train"]["generator"].items()},
-            **{f"d.{k}": v for k, v in ck["extra"]["train"]["discriminator"].items()},
-            **{f"ema.{k}": v for k, v in ck["model"].items()}}
+    return {
+        **{f"g.{k}": v for k, v in ck["extra"]["train"]["generator"].items()},
+        **{f"d.{k}": v for k, v in ck["extra"]["train"]["discriminator"].items()},
+        **{f"ema.{k}": v for k, v in ck["model"].items()},
+    }
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data: Path, encoder_ckpt: Path,
-                                                              tmp_path: Path) -> None:
+def test_interrupted_run_resumes_to_the_uninterrupted_result(
+    tiny_data: Path, encoder_ckpt: Path, tmp_path: Path
+) -> None:
     cfg = replace(TINY, epochs=3)
     straight = run(cfg, tiny_data, encoder_ckpt, tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):  # dies during epoch 2, after epoch 1's checkpoint
@@ -82,12 +99,17 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data: Path, en
         assert torch.allclose(wa[key].float(), wb[key].float(), atol=1e-5), key
 
 
-def test_resume_refuses_another_encoder_or_architecture(tiny_data: Path, encoder_ckpt: Path,
-                                                        tmp_path: Path) -> None:
+def test_resume_refuses_another_encoder_or_architecture(
+    tiny_data: Path, encoder_ckpt: Path, tmp_path: Path
+) -> None:
     run(replace(TINY, epochs=1), tiny_data, encoder_ckpt, tmp_path / "o")
     other = tmp_path / "other.pt"
-    checkpoint.save(checkpoint.make(ENCODER_ARCH, registry.config_of(ENCODER_ARCH),
-                                    registry.build(ENCODER_ARCH).state_dict()), other)
+    checkpoint.save(
+        checkpoint.make(
+            ENCODER_ARCH, registry.config_of(ENCODER_ARCH), registry.build(ENCODER_ARCH).state_dict()
+        ),
+        other,
+    )
     with pytest.raises(CheckpointError, match="another encoder"):
         run(replace(TINY, epochs=2), tiny_data, other, tmp_path / "o")
     with pytest.raises(CheckpointError, match="model config"):
@@ -98,20 +120,45 @@ def test_params_section_and_main(tiny_data: Path, encoder_ckpt: Path, tmp_path: 
     with pytest.raises(ConfigError, match="lr_gen"):
         section_of(Config, {"generator": {"lr_gen": 1.0}}, "generator")
     params = tmp_path / "params.yaml"
-    params.write_text("generator:\n  epochs: 1\n  steps_per_epoch: 2\n  batch_size: 8\n  g_ch: 8\n"
-                      "  d_ch: 8\n  eval_samples: 16\n  kid_subset_size: 8\n  kid_subsets: 3\n"
-                      "  progress: false\n")
-    main(["--params", str(params), "--data", str(tiny_data), "--encoder", str(encoder_ckpt),
-          "--out", str(tmp_path / "o"), "--no-progress"])
+    params.write_text(
+        "generator:\n  epochs: 1\n  steps_per_epoch: 2\n  batch_size: 8\n  g_ch: 8\n"
+        "  d_ch: 8\n  eval_samples: 16\n  kid_subset_size: 8\n  kid_subsets: 3\n"
+        "  progress: false\n"
+    )
+    main(
+        [
+            "--params",
+            str(params),
+            "--data",
+            str(tiny_data),
+            "--encoder",
+            str(encoder_ckpt),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["steps"] == 2
     assert (tmp_path / "o" / "tracker.jsonl").is_file()
 
 
 @pytest.mark.slow
-def test_training_brings_generated_images_closer_to_the_data(tiny_data: Path, encoder_ckpt: Path,
-                                                              tmp_path: Path) -> None:
-    cfg = replace(TINY, epochs=3, steps_per_epoch=60, batch_size=16, g_ch=16, d_ch=16, lr_g=5e-4,
-                  lr_d=5e-4, ema_decay=0.99, eval_samples=48, kid_subset_size=24)
+def test_training_brings_generated_images_closer_to_the_data(
+    tiny_data: Path, encoder_ckpt: Path, tmp_path: Path
+) -> None:
+    cfg = replace(
+        TINY,
+        epochs=3,
+        steps_per_epoch=60,
+        batch_size=16,
+        g_ch=16,
+        d_ch=16,
+        lr_g=5e-4,
+        lr_d=5e-4,
+        ema_decay=0.99,
+        eval_samples=48,
+        kid_subset_size=24,
+    )
     m = run(cfg, tiny_data, encoder_ckpt, tmp_path)
     assert m["steps"] == 180
     assert m["fd"] < 0.5 * m["fd_initial"], m

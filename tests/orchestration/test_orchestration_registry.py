@@ -25,14 +25,16 @@ def _release(ckpt: Path, clean: float, corrupted: float, data_md5: str = "d0.dir
     run_id = tracking.start_run(client, tracking.experiment_id(client), "retrain")
     metrics = dict(zip(GATE_KEYS, (clean, corrupted), strict=True))
     tracking.MlflowTracker(client, run_id).log_metrics(metrics, 0)
-    registry.register_release(client, run_id, {"encoder": ckpt, "classifier": ckpt},
-                              {"data_version": data_md5, "params_hash": "p"})
+    registry.register_release(
+        client, run_id, {"encoder": ckpt, "classifier": ckpt}, {"data_version": data_md5, "params_hash": "p"}
+    )
     client.set_terminated(run_id)
     return run_id
 
 
-def test_tracker_logs_params_metrics_artifacts_dataset_and_system_metrics(sqlite_ws: Path,
-                                                                          tmp_path: Path) -> None:
+def test_tracker_logs_params_metrics_artifacts_dataset_and_system_metrics(
+    sqlite_ws: Path, tmp_path: Path
+) -> None:
     cfg = tracking.Config(system_metrics_interval_s=0.2)
     client = tracking.client(cfg)
     exp = tracking.experiment_id(client, cfg)
@@ -146,20 +148,26 @@ def test_two_concurrent_promotions_leave_exactly_one_winner(backend: str, mae_ck
     assert len(decisions) == 2 and len(winners) == 1, decisions
     client = tracking.client()
     assert registry.release_of(client) == winners[0]
-    tags = {client.get_model_version("tessera-ttt-classifier", v).tags["promotion.decision"]
-            for v in ("1", "2")}
+    tags = {
+        client.get_model_version("tessera-ttt-classifier", v).tags["promotion.decision"] for v in ("1", "2")
+    }
     assert tags == {"promoted", "rejected"}
 
 
 def test_the_promotion_lock_holds_across_processes(sqlite_ws: Path) -> None:
-    code = ("import sys, time; from components import promotion\n"
-            "with promotion.promotion_lock():\n    print('locked', flush=True); time.sleep(3)\n")
+    code = (
+        "import sys, time; from components import promotion\n"
+        "with promotion.promotion_lock():\n    print('locked', flush=True); time.sleep(3)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    with pytest.raises(promotion.PromotionError, match="another promotion"), \
-            promotion.promotion_lock(timeout_s=0.5):
+    with (
+        pytest.raises(promotion.PromotionError, match="another promotion"),
+        promotion.promotion_lock(timeout_s=0.5),
+    ):
         pass
     holder.wait(timeout=30)
     with promotion.promotion_lock(timeout_s=5):  # free again once the other process let go

@@ -45,8 +45,15 @@ def _library_batched(ckpts, data: list[bytes], steps: int, copies: int, seed: in
 
     ckpt = checkpoint.load(ckpts["ttt"])
     cfg = ckpt["extra"]["ttt"]
-    return adapt_batch(from_checkpoint(ckpt).eval(), torch.stack([as_tensor(d) for d in data]), steps=steps,
-                       copies=copies, lr=cfg["lr"], mask_ratio=cfg["mask_ratio"], seed=seed)
+    return adapt_batch(
+        from_checkpoint(ckpt).eval(),
+        torch.stack([as_tensor(d) for d in data]),
+        steps=steps,
+        copies=copies,
+        lr=cfg["lr"],
+        mask_ratio=cfg["mask_ratio"],
+        seed=seed,
+    )
 
 
 def test_serving_ttt_matches_library(ttt, ckpts) -> None:

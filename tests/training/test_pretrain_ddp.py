@@ -23,8 +23,14 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, tmp: str, data: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank), CUDA_VISIBLE_DEVICES="")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+        CUDA_VISIBLE_DEVICES="",
+    )
     torch.set_num_threads(1)
     from components.pretrain import Config, run
     from tessera.models import build
@@ -37,8 +43,15 @@ def _worker(rank: int, port: int, tmp: str, data: str) -> None:
     images = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     loader = make_loader(dataset_for("mae", images), 8, env, seed=0)
     opt = make_optimizer(model, 1e-3, 0.05)
-    step = fit(wrap(model, env), loader, opt, loss_fn=loss_fn_for("mae"), env=env, progress=False,
-               settings=LoopSettings(epochs=2, lr=1e-3, warmup_epochs=1, seed=0))
+    step = fit(
+        wrap(model, env),
+        loader,
+        opt,
+        loss_fn=loss_fn_for("mae"),
+        env=env,
+        progress=False,
+        settings=LoopSettings(epochs=2, lr=1e-3, warmup_epochs=1, seed=0),
+    )
     torch.save({"step": step, "model": model.state_dict()}, Path(tmp) / f"rank{rank}.pt")
     # the component itself, in the same process group
     cfg = Config(arch="mae_vit_micro_patch4", epochs=1, batch_size=8, device="cpu", grid_every=1)

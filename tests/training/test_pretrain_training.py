@@ -71,8 +71,18 @@ def _train(epochs: int, stop_after: int | None = None, model=None, opt=None, sta
 
     settings = LoopSettings(epochs=epochs, lr=1e-3, warmup_epochs=1, seed=5)
     try:
-        step = fit(model, loader, opt, loss_fn=loss_fn_for("mae"), settings=settings, env=DistEnv(),
-                   start_epoch=start[0], start_step=start[1], on_epoch_end=on_end, progress=False)
+        step = fit(
+            model,
+            loader,
+            opt,
+            loss_fn=loss_fn_for("mae"),
+            settings=settings,
+            env=DistEnv(),
+            start_epoch=start[0],
+            start_step=start[1],
+            on_epoch_end=on_end,
+            progress=False,
+        )
     except Stop:
         step = -1
     return model, opt, step
@@ -96,8 +106,9 @@ def test_resume_helper_refuses_other_arch_config_and_corrupt_files(tmp_path: Pat
     model = build("mae_vit_micro_patch4")
     cfg = config_of("mae_vit_micro_patch4")
     assert resume(tmp_path / "none.pt", model, arch="mae_vit_micro_patch4") is None
-    path = checkpoint.save(checkpoint.make("mae_vit_micro_patch4", cfg, model.state_dict(), epoch=2, step=6),
-                           tmp_path / "enc.pt")
+    path = checkpoint.save(
+        checkpoint.make("mae_vit_micro_patch4", cfg, model.state_dict(), epoch=2, step=6), tmp_path / "enc.pt"
+    )
     ckpt = resume(path, build("mae_vit_micro_patch4"), arch="mae_vit_micro_patch4", config=cfg)
     assert ckpt is not None and ckpt["step"] == 6
     with pytest.raises(CheckpointError, match="expected 'mae_vit_tiny_patch4'.*delete"):
@@ -115,9 +126,16 @@ def test_fit_on_cuda_with_bf16_autocast() -> None:
     model = build("mae_vit_micro_patch4").cuda()
     loader = make_loader(dataset_for("mae", torch.rand(32, 3, 32, 32)), 16, env, seed=0)
     seen: list[float] = []
-    step = fit(model, loader, make_optimizer(model, 1e-3, 0.05), loss_fn=loss_fn_for("mae"), env=env,
-               settings=LoopSettings(epochs=2, lr=1e-3, amp=True), progress=False,
-               on_epoch_end=lambda e, s, m: seen.append(m["loss"]))
+    step = fit(
+        model,
+        loader,
+        make_optimizer(model, 1e-3, 0.05),
+        loss_fn=loss_fn_for("mae"),
+        env=env,
+        settings=LoopSettings(epochs=2, lr=1e-3, amp=True),
+        progress=False,
+        on_epoch_end=lambda e, s, m: seen.append(m["loss"]),
+    )
     assert step == 4 and len(seen) == 2 and all(np.isfinite(seen))
 
 
@@ -125,6 +143,13 @@ def test_fit_on_cuda_with_bf16_autocast() -> None:
 def test_fit_with_torch_compile_on_cpu() -> None:
     model = build("mae_vit_micro_patch4")
     loader = make_loader(dataset_for("mae", torch.rand(32, 3, 32, 32)), 16, DistEnv(), seed=0)
-    step = fit(torch.compile(model), loader, make_optimizer(model, 1e-3, 0.05), loss_fn=loss_fn_for("mae"),
-               env=DistEnv(), settings=LoopSettings(epochs=1, lr=1e-3), progress=False)
+    step = fit(
+        torch.compile(model),
+        loader,
+        make_optimizer(model, 1e-3, 0.05),
+        loss_fn=loss_fn_for("mae"),
+        env=DistEnv(),
+        settings=LoopSettings(epochs=1, lr=1e-3),
+        progress=False,
+    )
     assert step == 2

@@ -59,14 +59,25 @@ def check_stackable(encoder: ViTEncoder) -> None:
     """Raise :class:`ModelError` unless every block is the plain timm block the stacked forward mirrors."""
     blk: Any
     for i, blk in enumerate(encoder.blocks):
-        plain = [blk.ls1, blk.ls2, blk.drop_path1, blk.drop_path2, blk.attn.q_norm, blk.attn.k_norm,
-                 blk.attn.norm, blk.mlp.norm]
+        plain = [
+            blk.ls1,
+            blk.ls2,
+            blk.drop_path1,
+            blk.drop_path2,
+            blk.attn.q_norm,
+            blk.attn.k_norm,
+            blk.attn.norm,
+            blk.mlp.norm,
+        ]
         act = blk.mlp.act
         if not all(isinstance(m, nn.Identity) for m in plain) or not (
-                isinstance(act, nn.GELU) and act.approximate == "none"):
-            raise ModelError(f"batched TTT supports plain ViT blocks only; block {i} of this encoder has"
-                             " layer scale, q/k norm, drop path or another activation: use the"
-                             " per-sample loop (`evaluate.batched: false`)")
+            isinstance(act, nn.GELU) and act.approximate == "none"
+        ):
+            raise ModelError(
+                f"batched TTT supports plain ViT blocks only; block {i} of this encoder has"
+                " layer scale, q/k norm, drop path or another activation: use the"
+                " per-sample loop (`evaluate.batched: false`)"
+            )
 
 
 def _linear(x: torch.Tensor, w: Weights, name: str) -> torch.Tensor:
@@ -81,8 +92,9 @@ def _linear(x: torch.Tensor, w: Weights, name: str) -> torch.Tensor:
 def _layer_norm(x: torch.Tensor, w: Weights, name: str) -> torch.Tensor:
     """LayerNorm (eps 1e-6) with input ``b``'s own affine parameters; x (B, M, D)."""
     if x.shape[0] == 1:
-        return F.layer_norm(x, x.shape[-1:], w[f"{name}.weight"].squeeze(0), w[f"{name}.bias"].squeeze(0),
-                            eps=1e-6)
+        return F.layer_norm(
+            x, x.shape[-1:], w[f"{name}.weight"].squeeze(0), w[f"{name}.bias"].squeeze(0), eps=1e-6
+        )
     x = F.layer_norm(x, x.shape[-1:], eps=1e-6)
     return torch.addcmul(w[f"{name}.bias"].unsqueeze(1), x, w[f"{name}.weight"].unsqueeze(1))
 
@@ -124,8 +136,9 @@ def encode(encoder: ViTEncoder, w: Weights, tokens: torch.Tensor) -> torch.Tenso
 
 
 # -- TTT-MAE on the stacked weights -------------------------------------------------------------
-def _recon_loss(model: TTTClassifier, w: Weights, images: torch.Tensor, noise: torch.Tensor,
-                mask_ratio: float) -> torch.Tensor:
+def _recon_loss(
+    model: TTTClassifier, w: Weights, images: torch.Tensor, noise: torch.Tensor, mask_ratio: float
+) -> torch.Tensor:
     """Per-input MAE loss (B,) of ``copies`` masked copies each; noise (B, copies, L)."""
     mae: Any = model.backbone  # an MAE (require_decoder checked it)
     encoder = model.encoder
@@ -145,8 +158,14 @@ def _probs(model: TTTClassifier, w: Weights, images: torch.Tensor) -> torch.Tens
     return model.head(pool_tokens(tokens)).softmax(dim=1)
 
 
-def _sgd_step(weights: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor],
-              lr: float, momentum: float, weight_decay: float) -> list[torch.Tensor]:
+def _sgd_step(
+    weights: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    bufs: list[torch.Tensor],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> list[torch.Tensor]:
     """One step of ``torch.optim.SGD`` (no dampening, no Nesterov) on every tensor; -> the buffers."""
     if weight_decay:
         grads = list(torch._foreach_add(grads, weights, alpha=weight_decay))
@@ -161,12 +180,22 @@ def _sgd_step(weights: list[torch.Tensor], grads: list[torch.Tensor], bufs: list
     return bufs
 
 
-def _adapt_chunk(model: TTTClassifier, images: torch.Tensor, noise: torch.Tensor, steps: int, lr: float,
-                 momentum: float, weight_decay: float, mask_ratio: float, diagnostics: bool
-                 ) -> BatchedTTTResult:
+def _adapt_chunk(
+    model: TTTClassifier,
+    images: torch.Tensor,
+    noise: torch.Tensor,
+    steps: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    mask_ratio: float,
+    diagnostics: bool,
+) -> BatchedTTTResult:
     b = images.shape[0]
-    w = {n: p.detach().unsqueeze(0).repeat(b, *([1] * p.dim())).requires_grad_(True)
-         for n, p in model.encoder.named_parameters()}
+    w = {
+        n: p.detach().unsqueeze(0).repeat(b, *([1] * p.dim())).requires_grad_(True)
+        for n, p in model.encoder.named_parameters()
+    }
     params = list(w.values())
     with torch.no_grad():
         probs_before = _probs(model, w, images) if diagnostics or not steps else None
@@ -237,14 +266,26 @@ def adapt_batch(
             idx = list(range(b)) if indices is None else list(indices)
             noise = ttt_noise_batch(seed, idx, n_noise, copies, num_patches)
         if noise.shape != (b, n_noise, copies, num_patches):
-            raise ValueError(f"noise must have shape {(b, n_noise, copies, num_patches)},"
-                             f" got {tuple(noise.shape)}")
+            raise ValueError(
+                f"noise must have shape {(b, n_noise, copies, num_patches)}, got {tuple(noise.shape)}"
+            )
         noise = noise.to(images.device)
         if chunk_size is None:
             chunk_size = CPU_CHUNK if images.device.type == "cpu" else max(b, 1)
-        parts = [_adapt_chunk(model, images[i : i + chunk_size], noise[i : i + chunk_size], steps, lr,
-                              momentum, weight_decay, mask_ratio, diagnostics)
-                 for i in range(0, b, chunk_size)]
+        parts = [
+            _adapt_chunk(
+                model,
+                images[i : i + chunk_size],
+                noise[i : i + chunk_size],
+                steps,
+                lr,
+                momentum,
+                weight_decay,
+                mask_ratio,
+                diagnostics,
+            )
+            for i in range(0, b, chunk_size)
+        ]
     if not parts:
         k = model.num_classes
         empty = (torch.empty(0, k), torch.empty(0), torch.empty(0)) if diagnostics else ()
@@ -254,5 +295,5 @@ def adapt_batch(
         values = [getattr(p, field) for p in parts]
         return None if values[0] is None else torch.cat(values).detach()
 
-    return BatchedTTTResult(*(cat(f) for f in ("probs_after", "losses", "probs_before", "recon_loss_before",
-                                               "recon_loss_after")))  # type: ignore[arg-type]
+    fields = ("probs_after", "losses", "probs_before", "recon_loss_before", "recon_loss_after")
+    return BatchedTTTResult(*(cat(f) for f in fields))  # type: ignore[arg-type]

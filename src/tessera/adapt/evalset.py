@@ -67,8 +67,9 @@ def check_classes(split_dir: Path, classes: list[str]) -> None:
         )
 
 
-def load_subset(split_dir: str | Path, classes: list[str], size: int, seed: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def load_subset(
+    split_dir: str | Path, classes: list[str], size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded stratified subset of ``size`` images (0: all) of ``split_dir``, shuffled.
 
     Returns images (n, 3, H, W) in [0, 1] and labels (n,).
@@ -86,8 +87,9 @@ def load_subset(split_dir: str | Path, classes: list[str], size: int, seed: int
     return images, torch.from_numpy(labels[keep])
 
 
-def corrupted_cells(root: str | Path, corruptions: tuple[str, ...] = (),
-                    severities: tuple[int, ...] = ()) -> list[Cell]:
+def corrupted_cells(
+    root: str | Path, corruptions: tuple[str, ...] = (), severities: tuple[int, ...] = ()
+) -> list[Cell]:
     """The cells of the corrupted set at ``root``, optionally restricted; sorted.
 
     Raises:

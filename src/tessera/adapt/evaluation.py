@@ -30,8 +30,15 @@ from tessera.adapt.test_time import TTTSettings
 from tessera.adapt.ttt_mae import require_decoder, ttt_mae_trainer
 from tessera.errors import ConfigError, ModelError
 
-METHODS = ("frozen", "normstat", "tent", "rotation_episodic", "rotation_online",
-           "ttt_mae_episodic", "ttt_mae_online")
+METHODS = (
+    "frozen",
+    "normstat",
+    "tent",
+    "rotation_episodic",
+    "rotation_online",
+    "ttt_mae_episodic",
+    "ttt_mae_online",
+)
 
 
 @dataclass(frozen=True)
@@ -54,12 +61,15 @@ def check_methods(model: TTTClassifier, methods: tuple[str, ...]) -> None:
     if any(m.startswith("ttt_mae") for m in methods):
         require_decoder(model)
     if any(m.startswith("rotation") for m in methods) and model.rot_head is None:
-        raise ModelError("rotation TTT needs a rotation head: re-run `tessera adapt` with"
-                         " `adapt.rotation_head: true`, or drop the rotation methods from `evaluate.methods`")
+        raise ModelError(
+            "rotation TTT needs a rotation head: re-run `tessera adapt` with"
+            " `adapt.rotation_head: true`, or drop the rotation methods from `evaluate.methods`"
+        )
 
 
-def run_method(method: str, model: TTTClassifier, images: torch.Tensor, settings: MethodSettings
-               ) -> torch.Tensor:
+def run_method(
+    method: str, model: TTTClassifier, images: torch.Tensor, settings: MethodSettings
+) -> torch.Tensor:
     """(N, C, H, W) -> (N, K) probabilities of ``method``; the model is left unchanged."""
     model.eval()
     if method == "frozen":
@@ -77,9 +87,19 @@ def run_method(method: str, model: TTTClassifier, images: torch.Tensor, settings
         out = []
         for i in range(0, len(images), settings.batch_size):
             chunk = images[i : i + settings.batch_size]
-            res = adapt_batch(model, chunk, steps=t.steps, copies=t.copies, lr=t.lr, momentum=t.momentum,
-                              weight_decay=t.weight_decay, mask_ratio=t.mask_ratio, seed=t.seed,
-                              indices=list(range(i, i + len(chunk))), diagnostics=False)
+            res = adapt_batch(
+                model,
+                chunk,
+                steps=t.steps,
+                copies=t.copies,
+                lr=t.lr,
+                momentum=t.momentum,
+                weight_decay=t.weight_decay,
+                mask_ratio=t.mask_ratio,
+                seed=t.seed,
+                indices=list(range(i, i + len(chunk))),
+                diagnostics=False,
+            )
             out.append(res.probs_after)
         return torch.cat(out) if out else torch.empty(0, model.num_classes)
     if method in ("ttt_mae_episodic", "ttt_mae_online", "rotation_episodic", "rotation_online"):

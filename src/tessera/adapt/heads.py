@@ -101,8 +101,10 @@ class TTTClassifier(nn.Module):
         if self.rot_head is None:
             from tessera.errors import ModelError
 
-            raise ModelError("this classifier has no rotation head: re-run `tessera adapt` with"
-                             " `adapt.rotation_head: true` to use rotation TTT")
+            raise ModelError(
+                "this classifier has no rotation head: re-run `tessera adapt` with"
+                " `adapt.rotation_head: true` to use rotation TTT"
+            )
         return self.rot_head(self.features(images))
 
 
@@ -111,5 +113,11 @@ def head_parameters(model: TTTClassifier) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
 
 
-register(ARCH, TTTClassifier, backbone_arch="mae_vit_tiny_patch4", backbone_config={}, num_classes=10,
-         rotation_head=True)
+register(
+    ARCH,
+    TTTClassifier,
+    backbone_arch="mae_vit_tiny_patch4",
+    backbone_config={},
+    num_classes=10,
+    rotation_head=True,
+)

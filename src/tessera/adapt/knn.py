@@ -40,15 +40,32 @@ def knn_probs(
     return torch.cat(out) if out else torch.empty(0, num_classes)
 
 
-def knn_bank(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
-             k: int = 20, temperature: float = 0.07) -> dict[str, Any]:
+def knn_bank(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    k: int = 20,
+    temperature: float = 0.07,
+) -> dict[str, Any]:
     """The kNN 'checkpoint': training embeddings, their labels and the settings (a plain dict)."""
-    return {"bank": embed(model, images), "labels": labels.clone(), "classes": list(classes),
-            "k": k, "temperature": temperature}
+    return {
+        "bank": embed(model, images),
+        "labels": labels.clone(),
+        "classes": list(classes),
+        "k": k,
+        "temperature": temperature,
+    }
 
 
 def knn_predict(model: nn.Module, bank: dict[str, Any], images: torch.Tensor) -> torch.Tensor:
     """(M, C, H, W) -> (M,) predicted labels with the bank made by :func:`knn_bank`."""
-    probs = knn_probs(bank["bank"], bank["labels"], embed(model, images), len(bank["classes"]),
-                      k=bank["k"], temperature=bank["temperature"])
+    probs = knn_probs(
+        bank["bank"],
+        bank["labels"],
+        embed(model, images),
+        len(bank["classes"]),
+        k=bank["k"],
+        temperature=bank["temperature"],
+    )
     return probs.argmax(dim=1)

@@ -65,7 +65,7 @@ def stratified_subset(labels: Sequence[int] | np.ndarray, size: int, seed: int) 
     for c in rng.permutation(classes)[: size % len(classes)]:
         quota[c] += 1
     chosen = [pools[c][: quota[c]] for c in classes]
-    leftover = np.concatenate([pools[c][quota[c]:] for c in classes])
+    leftover = np.concatenate([pools[c][quota[c] :] for c in classes])
     missing = size - sum(len(c) for c in chosen)
     if missing > 0:
         chosen.append(rng.permutation(leftover)[:missing])

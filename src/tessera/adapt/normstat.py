@@ -21,21 +21,24 @@ from tessera.models.embed import embed
 
 def has_batchnorm(model: nn.Module) -> bool:
     """Whether ``model`` holds a BatchNorm layer with running statistics."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-               for m in model.modules())
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules()
+    )
 
 
 @torch.no_grad()
-def normstat_predict(model: TTTClassifier, images: torch.Tensor, prior_strength: float = 16.0,
-                     batch_size: int = 64) -> torch.Tensor:
+def normstat_predict(
+    model: TTTClassifier, images: torch.Tensor, prior_strength: float = 16.0, batch_size: int = 64
+) -> torch.Tensor:
     """(N, C, H, W) -> (N, K) probabilities with the head's BatchNorm statistics adapted per batch.
 
     The model itself is not modified.
     """
     bn = model.head.bn
     if bn.running_mean is None or bn.running_var is None:
-        return torch.cat([model.eval()(images[i : i + batch_size]).softmax(1)
-                          for i in range(0, len(images), batch_size)])
+        return torch.cat(
+            [model.eval()(images[i : i + batch_size]).softmax(1) for i in range(0, len(images), batch_size)]
+        )
     out = []
     for i in range(0, len(images), batch_size):
         feats = embed(model, images[i : i + batch_size])  # (n, D)

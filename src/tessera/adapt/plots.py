@@ -28,16 +28,27 @@ def heatmap(cells: Cells, path: str | Path, title: str = "accuracy under corrupt
     methods = list(cells)
     corruptions = sorted({c for m in methods for c in cells[m]})
     severities = sorted({s for m in methods for c in cells[m] for s in cells[m][c]}, key=_sev)
-    fig, axes = plt.subplots(1, len(methods), figsize=(1.0 + 0.55 * len(severities) * len(methods) + 1.6,
-                                                       1.2 + 0.32 * len(corruptions)), squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(methods),
+        figsize=(1.0 + 0.55 * len(severities) * len(methods) + 1.6, 1.2 + 0.32 * len(corruptions)),
+        squeeze=False,
+    )
     image = None
     for ax, m in zip(axes[0], methods, strict=True):
         grid = np.array([[cells[m].get(c, {}).get(s, np.nan) for s in severities] for c in corruptions])
         image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if v < 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if v < 0.6 else "black",
+                )
         ax.set_title(m, fontsize=8)
         ax.set_xticks(range(len(severities)), severities, fontsize=7)
         ax.set_xlabel("severity", fontsize=7)

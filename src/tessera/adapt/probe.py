@@ -89,7 +89,8 @@ def train_linear_probe(
         if rot_feats is not None and rot_labels is not None and model.rot_head is not None:
             ridx = torch.randint(0, len(rot_feats), (len(idx),), generator=gen)
             loss = loss + settings.rotation_weight * F.cross_entropy(
-                model.rot_head(rot_feats[ridx]), rot_labels[ridx])
+                model.rot_head(rot_feats[ridx]), rot_labels[ridx]
+            )
         return loss
 
     _train_epochs(len(feats), settings, opt, gen, batch_loss, on_epoch, "probe", "linear probe")

@@ -36,8 +36,10 @@ def rotation_trainer(model: TTTClassifier, settings: TTTSettings) -> TestTimeTra
     ``settings.copies`` and ``mask_ratio`` do not apply: each step sees the four rotations.
     """
     if model.rot_head is None:
-        raise ModelError("rotation TTT needs a rotation head: re-run `tessera adapt` with"
-                         " `adapt.rotation_head: true`, or drop the rotation methods from `evaluate.methods`")
+        raise ModelError(
+            "rotation TTT needs a rotation head: re-run `tessera adapt` with"
+            " `adapt.rotation_head: true`, or drop the rotation methods from `evaluate.methods`"
+        )
 
     def loss_fn(m: TTTClassifier, x: torch.Tensor, index: int, step: int) -> torch.Tensor:
         return rotation_loss(m, x)
@@ -45,7 +47,8 @@ def rotation_trainer(model: TTTClassifier, settings: TTTSettings) -> TestTimeTra
     return TestTimeTrainer(model, list(model.encoder.parameters()), loss_fn, settings)
 
 
-def rotation_ttt_predict(model: TTTClassifier, images: torch.Tensor, settings: TTTSettings
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def rotation_ttt_predict(
+    model: TTTClassifier, images: torch.Tensor, settings: TTTSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotation TTT over ``images`` (N, C, H, W): -> probabilities (N, K), losses (N, steps)."""
     return rotation_trainer(model, settings).run(images)

@@ -65,11 +65,13 @@ class TestTimeTrainer:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, model: TTTClassifier, params: list[nn.Parameter], loss_fn: SSLLoss,
-                 settings: TTTSettings) -> None:
+    def __init__(
+        self, model: TTTClassifier, params: list[nn.Parameter], loss_fn: SSLLoss, settings: TTTSettings
+    ) -> None:
         self.model, self.params, self.loss_fn, self.settings = model, params, loss_fn, settings
-        self.optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
-                                         weight_decay=settings.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
         self._weights0 = [p.detach().clone() for p in params]
         self._opt_state0 = copy.deepcopy(self.optimizer.state_dict())
         self.seen = 0  # inputs since the last reset
@@ -110,8 +112,11 @@ class TestTimeTrainer:
         """
         probs, losses = [], []
         for i in range(images.shape[0]):
-            if self.settings.mode == "online" and self.settings.reset_every and \
-                    self.seen >= self.settings.reset_every:
+            if (
+                self.settings.mode == "online"
+                and self.settings.reset_every
+                and self.seen >= self.settings.reset_every
+            ):
                 self.reset()
             x = images[i : i + 1]
             losses.append(self.adapt(x, start_index + i))
@@ -120,5 +125,7 @@ class TestTimeTrainer:
             if self.settings.mode == "episodic":
                 self.reset()
         steps = self.settings.steps
-        return (torch.stack(probs) if probs else torch.empty(0, self.model.num_classes),
-                torch.tensor(losses, dtype=torch.float32).reshape(len(losses), steps))
+        return (
+            torch.stack(probs) if probs else torch.empty(0, self.model.num_classes),
+            torch.tensor(losses, dtype=torch.float32).reshape(len(losses), steps),
+        )

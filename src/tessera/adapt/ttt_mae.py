@@ -25,8 +25,7 @@ def ttt_noise(seed: int, index: int, steps: int, copies: int, num_patches: int) 
     return torch.rand(steps, copies, num_patches, generator=gen)
 
 
-def ttt_noise_batch(seed: int, indices: list[int], steps: int, copies: int, num_patches: int
-                    ) -> torch.Tensor:
+def ttt_noise_batch(seed: int, indices: list[int], steps: int, copies: int, num_patches: int) -> torch.Tensor:
     """Noise for several inputs: (B, steps, copies, L), row ``b`` = ``ttt_noise(seed, indices[b])``."""
     return torch.stack([ttt_noise(seed, i, steps, copies, num_patches) for i in indices])
 
@@ -42,8 +41,9 @@ def require_decoder(model: TTTClassifier) -> None:
         )
 
 
-def reconstruction_loss(model: TTTClassifier, x: torch.Tensor, noise: torch.Tensor, mask_ratio: float
-                        ) -> torch.Tensor:
+def reconstruction_loss(
+    model: TTTClassifier, x: torch.Tensor, noise: torch.Tensor, mask_ratio: float
+) -> torch.Tensor:
     """MAE loss of ``copies`` masked copies of ``x`` (1, C, H, W) with ``noise`` (copies, L): scalar."""
     imgs = x.expand(noise.shape[0], -1, -1, -1)  # (copies, C, H, W)
     loss, _, _ = model.backbone(imgs, mask_ratio=mask_ratio, noise=noise.to(x.device))  # noise: CPU-made
@@ -65,8 +65,9 @@ def ttt_mae_trainer(model: TTTClassifier, settings: TTTSettings) -> TestTimeTrai
     return TestTimeTrainer(model, list(model.encoder.parameters()), loss_fn, settings)
 
 
-def ttt_mae_predict(model: TTTClassifier, images: torch.Tensor, settings: TTTSettings,
-                    start_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def ttt_mae_predict(
+    model: TTTClassifier, images: torch.Tensor, settings: TTTSettings, start_index: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """TTT-MAE over ``images`` (N, C, H, W): -> probabilities (N, K), losses (N, steps).
 
     Episodic mode leaves the model unchanged; online mode leaves it adapted to the stream.

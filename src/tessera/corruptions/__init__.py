@@ -15,10 +15,21 @@ import numpy as np
 from tessera.errors import DataError
 
 CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise", "shot_noise", "impulse_noise",
-    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness",
-    "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
 )
 EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 ALL_CORRUPTIONS = CORRUPTIONS + EXTRA_CORRUPTIONS
@@ -37,8 +48,7 @@ def image_seed(seed: int, corruption: str, severity: int, index: int) -> int:
     return int(ss.generate_state(1)[0])
 
 
-def check_names(corruptions: list[str] | tuple[str, ...], severities: list[int] | tuple[int, ...]
-                ) -> None:
+def check_names(corruptions: list[str] | tuple[str, ...], severities: list[int] | tuple[int, ...]) -> None:
     """:class:`DataError` naming any unknown corruption or severity."""
     unknown = [c for c in corruptions if c not in ALL_CORRUPTIONS]
     if unknown:
@@ -68,5 +78,13 @@ def corrupt(image: np.ndarray, corruption: str, severity: int, seed: int = 0) ->
     return corrupt_imagenet(x, corruption, severity, seed)
 
 
-__all__ = ["ALL_CORRUPTIONS", "CORRUPTIONS", "EXTRA_CORRUPTIONS", "SEVERITIES", "check_names",
-           "corrupt", "image_seed", "parameterisation"]
+__all__ = [
+    "ALL_CORRUPTIONS",
+    "CORRUPTIONS",
+    "EXTRA_CORRUPTIONS",
+    "SEVERITIES",
+    "check_names",
+    "corrupt",
+    "image_seed",
+    "parameterisation",
+]

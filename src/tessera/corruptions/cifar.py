@@ -39,22 +39,35 @@ PARAMS: dict[str, list] = {
     "glass_blur": [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
     "motion_blur": [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
     "zoom_blur": [(1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.01), (1, 1.26, 0.01)],
-    "snow": [(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
-             (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9), (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
-             (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)],
+    "snow": [
+        (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+        (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+        (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+        (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+    ],
     "frost": [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],
     "fog": [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],
     "brightness": [0.05, 0.1, 0.15, 0.2, 0.3],
     "contrast": [0.75, 0.5, 0.4, 0.3, 0.15],
-    "elastic_transform": [(0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05),
-                          (0.1, 0.03, 0.03)],  # times the image size
+    "elastic_transform": [
+        (0, 0, 0.08),
+        (0.05, 0.2, 0.07),
+        (0.08, 0.06, 0.06),
+        (0.1, 0.04, 0.05),
+        (0.1, 0.03, 0.03),
+    ],  # times the image size
     "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],
     "jpeg_compression": [80, 65, 58, 50, 40],
     "speckle_noise": [0.06, 0.1, 0.12, 0.16, 0.2],
     "gaussian_blur": [0.4, 0.6, 0.7, 0.8, 1],
-    "spatter": [(0.62, 0.1, 0.7, 0.7, 0.5, 0), (0.65, 0.1, 0.8, 0.7, 0.5, 0),
-                (0.65, 0.3, 1, 0.69, 0.5, 0), (0.65, 0.1, 0.7, 0.69, 0.6, 1),
-                (0.65, 0.1, 0.5, 0.68, 0.6, 1)],
+    "spatter": [
+        (0.62, 0.1, 0.7, 0.7, 0.5, 0),
+        (0.65, 0.1, 0.8, 0.7, 0.5, 0),
+        (0.65, 0.3, 1, 0.69, 0.5, 0),
+        (0.65, 0.1, 0.7, 0.69, 0.6, 1),
+        (0.65, 0.1, 0.5, 0.68, 0.6, 1),
+    ],
     "saturate": [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)],
 }
 
@@ -157,7 +170,7 @@ def frost(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
     h, w = x.shape[:2]
     layer = _frost_image(int(rng.randint(5)), 0.2 * max(h, w) / 32)
     top, left = rng.randint(0, layer.shape[0] - h), rng.randint(0, layer.shape[1] - w)
-    crop = layer[top:top + h, left:left + w][..., [2, 1, 0]]  # BGR -> RGB
+    crop = layer[top : top + h, left : left + w][..., [2, 1, 0]]  # BGR -> RGB
     return np.clip(a * x.astype(np.float64) + b * crop, 0, 255)
 
 
@@ -197,11 +210,13 @@ def elastic_transform(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
     image = x.astype(np.float32) / 255.0
     centre = np.array((h, w), dtype=np.float32) // 2
     square = min(h, w) // 3
-    pts1 = np.array([centre + square, [centre[0] + square, centre[1] - square], centre - square],
-                    dtype=np.float32)
+    pts1 = np.array(
+        [centre + square, [centre[0] + square, centre[1] - square], centre - square], dtype=np.float32
+    )
     pts2 = pts1 + rng.uniform(-affine, affine, size=pts1.shape).astype(np.float32)
-    image = np.asarray(cv2.warpAffine(image, cv2.getAffineTransform(pts1, pts2), (w, h),
-                                      borderMode=cv2.BORDER_REFLECT_101))
+    image = np.asarray(
+        cv2.warpAffine(image, cv2.getAffineTransform(pts1, pts2), (w, h), borderMode=cv2.BORDER_REFLECT_101)
+    )
     dx = (ops.gaussian(rng.uniform(-1, 1, size=(h, w)), sigma, "reflect", 3) * alpha).astype(np.float32)
     dy = (ops.gaussian(rng.uniform(-1, 1, size=(h, w)), sigma, "reflect", 3) * alpha).astype(np.float32)
     yy, xx, zz = np.meshgrid(np.arange(h), np.arange(w), np.arange(3), indexing="ij")
@@ -247,8 +262,26 @@ def spatter(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
 
 
 FUNCTIONS: dict[str, Callable[[np.ndarray, int, Rng], np.ndarray]] = {
-    f.__name__: f for f in (gaussian_noise, shot_noise, impulse_noise, defocus_blur, glass_blur,
-                            motion_blur, zoom_blur, snow, frost, fog, brightness, contrast,
-                            elastic_transform, pixelate, jpeg_compression, speckle_noise,
-                            gaussian_blur, spatter, saturate)
+    f.__name__: f
+    for f in (
+        gaussian_noise,
+        shot_noise,
+        impulse_noise,
+        defocus_blur,
+        glass_blur,
+        motion_blur,
+        zoom_blur,
+        snow,
+        frost,
+        fog,
+        brightness,
+        contrast,
+        elastic_transform,
+        pixelate,
+        jpeg_compression,
+        speckle_noise,
+        gaussian_blur,
+        spatter,
+        saturate,
+    )
 }

@@ -110,9 +110,9 @@ def clipped_zoom_reference(img: np.ndarray, zoom_factor: float) -> np.ndarray:
     h, w = img.shape[:2]
     ch, cw = int(np.ceil(h / zoom_factor)), int(np.ceil(w / zoom_factor))
     top, left = (h - ch) // 2, (w - cw) // 2
-    out = scizoom(img[top:top + ch, left:left + cw], (zoom_factor, zoom_factor, 1), order=1)
+    out = scizoom(img[top : top + ch, left : left + cw], (zoom_factor, zoom_factor, 1), order=1)
     trim_top, trim_left = (out.shape[0] - h) // 2, (out.shape[1] - w) // 2
-    return out[trim_top:trim_top + h, trim_left:trim_left + w]
+    return out[trim_top : trim_top + h, trim_left : trim_left + w]
 
 
 def motion_blur_float(x: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
@@ -130,7 +130,7 @@ def motion_blur_float(x: np.ndarray, radius: float, sigma: float, angle: float) 
     for i in range(width):
         ox = int(math.ceil(i * py / hyp - 0.5))
         oy = int(math.ceil(i * px / hyp - 0.5))
-        out += kernel[i] * padded[pad + oy:pad + oy + h, pad + ox:pad + ox + w]
+        out += kernel[i] * padded[pad + oy : pad + oy + h, pad + ox : pad + ox + w]
     return out
 
 

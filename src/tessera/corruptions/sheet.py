@@ -12,8 +12,14 @@ LABEL_W = 130
 HEADER_H = 18
 
 
-def contact_sheet(image: np.ndarray, corruptions: list[str], severities: list[int], seed: int,
-                  index: int = 0, cell: int = 64) -> np.ndarray:
+def contact_sheet(
+    image: np.ndarray,
+    corruptions: list[str],
+    severities: list[int],
+    seed: int,
+    index: int = 0,
+    cell: int = 64,
+) -> np.ndarray:
     """(H, W, 3) uint8 sheet for one ``image`` (upscaled to ``cell`` px, nearest neighbour)."""
     cols = 1 + len(severities)
     pad = 2
@@ -23,8 +29,9 @@ def contact_sheet(image: np.ndarray, corruptions: list[str], severities: list[in
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
     for j, title in enumerate(["clean"] + [f"severity {s}" for s in severities]):
-        draw.text((LABEL_W + j * (cell + pad) + 2, 3), title if cell >= 60 else str(j), fill=(0, 0, 0),
-                  font=font)
+        draw.text(
+            (LABEL_W + j * (cell + pad) + 2, 3), title if cell >= 60 else str(j), fill=(0, 0, 0), font=font
+        )
 
     def tile(x: np.ndarray) -> Image.Image:
         return Image.fromarray(x).resize((cell, cell), Image.Resampling.NEAREST)

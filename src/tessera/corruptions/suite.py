@@ -77,8 +77,9 @@ def corrupt_dataset(
         cells = [(staging, c, s, seed, items, arrays) for c in corruptions for s in severities]
         files: dict[str, str] = {}
         if workers > 1 and len(cells) > 1:
-            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                              else "spawn")
+            ctx = multiprocessing.get_context(
+                "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            )
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
                 for result in pool.map(_cell, cells):
                     files.update(result)

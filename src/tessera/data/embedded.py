@@ -137,14 +137,32 @@ def build_embedded(
             files[rel] = sha256_bytes(save_png(patch, staging / rel))
             if progress:
                 progress(1)
-        provenance = [{"package": DIGITS_FILE[0], "version": _version(DIGITS_FILE[0]),
-                       "file": f"{DIGITS_FILE[1]}/{DIGITS_FILE[2]}", "use": "labelled digits",
-                       "images": len(images)}]
-        provenance += [{"package": dist, "version": _version(dist), "file": f"{pkg}/{rel}",
-                        "use": "unlabelled patches", "images": int(per_source[j])}
-                       for j, (dist, pkg, rel) in enumerate(PHOTO_SOURCES) if per_source[j]]
-        params = {"seed": seed, "split": list(fractions), "image_size": image_size,
-                  "unlabeled_patches": unlabeled_patches}
+        provenance = [
+            {
+                "package": DIGITS_FILE[0],
+                "version": _version(DIGITS_FILE[0]),
+                "file": f"{DIGITS_FILE[1]}/{DIGITS_FILE[2]}",
+                "use": "labelled digits",
+                "images": len(images),
+            }
+        ]
+        provenance += [
+            {
+                "package": dist,
+                "version": _version(dist),
+                "file": f"{pkg}/{rel}",
+                "use": "unlabelled patches",
+                "images": int(per_source[j]),
+            }
+            for j, (dist, pkg, rel) in enumerate(PHOTO_SOURCES)
+            if per_source[j]
+        ]
+        params = {
+            "seed": seed,
+            "split": list(fractions),
+            "image_size": image_size,
+            "unlabeled_patches": unlabeled_patches,
+        }
         manifest = make_manifest(name, files, provenance, image_size, params)
         write_manifest(staging, manifest)
     return manifest

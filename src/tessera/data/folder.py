@@ -63,8 +63,9 @@ def load_labeled(
     return to_tensor(arrays), torch.tensor(labels, dtype=torch.long), classes
 
 
-def load_split(root: str | Path, split: str, classes: list[str] | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_split(
+    root: str | Path, split: str, classes: list[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """``load_labeled(root / split)`` with the training split's class order by default."""
     root = Path(root)
     if classes is None and (root / "train").is_dir():

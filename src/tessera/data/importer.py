@@ -83,18 +83,29 @@ def scan(src: Path) -> tuple[str, list[Entry]]:
                     if c.is_dir() and not _is_image_named_dir(c):
                         entries += _walk(c, src, d.name, c.name)
                     else:
-                        entries.append(Entry(c.relative_to(src).as_posix(), d.name, None,
-                                             f"outside a class folder (put it in {d.name}/<class>/)"))
+                        entries.append(
+                            Entry(
+                                c.relative_to(src).as_posix(),
+                                d.name,
+                                None,
+                                f"outside a class folder (put it in {d.name}/<class>/)",
+                            )
+                        )
             elif d.name == "unlabeled":
                 entries += _walk(d, src, "unlabeled", None)
             else:
-                entries += [Entry(e.rel, None, None, "outside train/val/test")
-                            for e in _walk(d, src, None, None)]
+                entries += [
+                    Entry(e.rel, None, None, "outside train/val/test") for e in _walk(d, src, None, None)
+                ]
     elif dirs:
         layout = "classes"
         for d in dirs:
-            entries += _walk(d, src, "unlabeled" if d.name == "unlabeled" else None,
-                             None if d.name == "unlabeled" else d.name)
+            entries += _walk(
+                d,
+                src,
+                "unlabeled" if d.name == "unlabeled" else None,
+                None if d.name == "unlabeled" else d.name,
+            )
     else:
         layout = "flat"
     for p in loose:
@@ -154,8 +165,14 @@ def import_folder(
     if _unchanged(out_dir, fp):
         manifest = read_manifest(out_dir)
         report = json.loads((out_dir / REPORT).read_text())
-        return ImportResult("unchanged", out_dir, manifest["counts"], manifest["total"],
-                            report["rejected"], report["converted"])
+        return ImportResult(
+            "unchanged",
+            out_dir,
+            manifest["counts"],
+            manifest["total"],
+            report["rejected"],
+            report["converted"],
+        )
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
         raise DataError(f"{out_dir} exists and is not a Tessera data set: choose another --name")
 
@@ -179,15 +196,23 @@ def import_folder(
 
     classes = sorted({e.cls for e in entries if e.cls is not None})
     empty = [c for c in classes if not any(g.cls == c for g, _ in good)]
-    report = {"source": str(src.resolve()), "layout": layout, "imported": len(good),
-              "rejected": rejected, "converted": dict(sorted(converted.items())), "options": options}
+    report = {
+        "source": str(src.resolve()),
+        "layout": layout,
+        "imported": len(good),
+        "rejected": rejected,
+        "converted": dict(sorted(converted.items())),
+        "options": options,
+    }
     if empty or not good:
         failed = out_dir.parent / f"{out_dir.name}.import-report.json"
         failed.parent.mkdir(parents=True, exist_ok=True)
         failed.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
         what = f"class(es) {empty} have no valid image" if empty else "no valid image found"
-        raise DataError(f"import of {src} failed: {what}; reasons per file in {failed}. "
-                        "Fix or remove those files (or the empty class folders) and import again.")
+        raise DataError(
+            f"import of {src} failed: {what}; reasons per file in {failed}. "
+            "Fix or remove those files (or the empty class folders) and import again."
+        )
 
     to_split = [i for i, (e, _) in enumerate(good) if e.split is None]
     assigned = stratified_split([good[i][0].cls or "" for i in to_split], fractions, seed)
@@ -206,10 +231,16 @@ def import_folder(
             files[rel] = sha256_bytes(save_png(im, staging / rel))
             origin[rel] = e.rel
         provenance = [{"source": str(src.resolve()), "layout": layout, "files": len(entries)}]
-        manifest = make_manifest(out_dir.name, files, provenance, size, options,
-                                 extra={"import": {"fingerprint": fp, "origin": origin,
-                                                   "rejected": len(rejected)}})
+        manifest = make_manifest(
+            out_dir.name,
+            files,
+            provenance,
+            size,
+            options,
+            extra={"import": {"fingerprint": fp, "origin": origin, "rejected": len(rejected)}},
+        )
         write_manifest(staging, manifest)
         (staging / REPORT).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    return ImportResult("imported", out_dir, manifest["counts"], len(files), rejected,
-                        dict(sorted(converted.items())))
+    return ImportResult(
+        "imported", out_dir, manifest["counts"], len(files), rejected, dict(sorted(converted.items()))
+    )

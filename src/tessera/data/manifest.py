@@ -97,8 +97,11 @@ def verify_manifest(root: str | Path) -> list[str]:
     """Relative paths whose bytes differ from the manifest's sha256, are missing, or are not listed."""
     root = Path(root)
     files = read_manifest(root)["files"]
-    bad = [rel for rel, digest in files.items()
-           if not (root / rel).is_file() or sha256_file(root / rel) != digest]
+    bad = [
+        rel
+        for rel, digest in files.items()
+        if not (root / rel).is_file() or sha256_file(root / rel) != digest
+    ]
     on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*.png")}
     bad += sorted(on_disk - set(files))
     return sorted(bad)

@@ -15,13 +15,14 @@ def parse_fractions(text: str | Sequence[float]) -> tuple[float, float, float]:
     """``"0.8,0.1,0.1"`` or a sequence -> three fractions that sum to 1."""
     values = [float(v) for v in text.split(",")] if isinstance(text, str) else [float(v) for v in text]
     if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
-        raise DataError(f"split fractions {text!r}: give three non-negative numbers summing to 1, "
-                        "e.g. 0.8,0.1,0.1 (train, val, test)")
+        raise DataError(
+            f"split fractions {text!r}: give three non-negative numbers summing to 1, "
+            "e.g. 0.8,0.1,0.1 (train, val, test)"
+        )
     return values[0], values[1], values[2]
 
 
-def stratified_split(labels: Sequence[str | int], fractions: Sequence[float], seed: int
-                     ) -> list[str]:
+def stratified_split(labels: Sequence[str | int], fractions: Sequence[float], seed: int) -> list[str]:
     """The split name of every item, stratified by label.
 
     Per class, items are shuffled with a generator seeded by ``seed`` and the class's rank, then
@@ -45,8 +46,8 @@ def stratified_split(labels: Sequence[str | int], fractions: Sequence[float], se
             n_test = n - n_val
         for i in idx[:n_val]:
             out[i] = "val"
-        for i in idx[n_val:n_val + n_test]:
+        for i in idx[n_val : n_val + n_test]:
             out[i] = "test"
-        for i in idx[n_val + n_test:]:
+        for i in idx[n_val + n_test :]:
             out[i] = "train"
     return out

@@ -66,8 +66,13 @@ class ICGAN(nn.Module):
         check_embedding_size(generator.h_dim, encoder)
         if bank.dim() != 2 or bank.shape[1] != generator.h_dim:
             raise ModelError(f"bank must be (N, {generator.h_dim}), got {tuple(bank.shape)}")
-        cfg = {"h_dim": generator.h_dim, "img_size": generator.img_size, "z_dim": generator.z_dim,
-               "ch": generator.ch, "cond_dim": generator.h_proj.out_features}
+        cfg = {
+            "h_dim": generator.h_dim,
+            "img_size": generator.img_size,
+            "z_dim": generator.z_dim,
+            "ch": generator.ch,
+            "cond_dim": generator.h_proj.out_features,
+        }
         model = cls(cfg, encoder_arch, encoder_config, bank.shape[0])
         model.generator.load_state_dict(generator.state_dict())
         model.encoder.load_state_dict(encoder_of(encoder).state_dict())
@@ -76,8 +81,12 @@ class ICGAN(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """The factory keyword arguments (the checkpoint's ``config``)."""
-        return {"generator": dict(self.generator_config), "encoder_arch": self.encoder_arch,
-                "encoder_config": dict(self.encoder_config), "bank_size": int(self.bank.shape[0])}
+        return {
+            "generator": dict(self.generator_config),
+            "encoder_arch": self.encoder_arch,
+            "encoder_config": dict(self.encoder_config),
+            "bank_size": int(self.bank.shape[0]),
+        }
 
     @property
     def img_size(self) -> int:

@@ -124,8 +124,11 @@ def inpaint(mae: nn.Module, image: torch.Tensor, region: torch.Tensor) -> torch.
     mae.eval()
     device = next(mae.parameters()).device
     s = enc.img_size
-    xs = F.interpolate(x.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False) \
-        if x.shape[-2:] != (s, s) else x.float()
+    xs = (
+        F.interpolate(x.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        if x.shape[-2:] != (s, s)
+        else x.float()
+    )
     b = x.shape[0]
     ids_keep = torch.nonzero(~pm).flatten()  # (K,)
     ids_shuffle = torch.cat([ids_keep, torch.nonzero(pm).flatten()]).to(device)  # (L,) visible first

@@ -62,8 +62,11 @@ class EncoderSpaceScore:
         with warnings.catch_warnings():  # "KID keeps every feature in memory": N x D floats here
             warnings.simplefilter("ignore", UserWarning)
             self.kid = KernelInceptionDistance(
-                feature=self.features, reset_real_features=False, normalize=True,
-                subsets=kid_subsets, subset_size=kid_subset_size,
+                feature=self.features,
+                reset_real_features=False,
+                normalize=True,
+                subsets=kid_subsets,
+                subset_size=kid_subset_size,
             )
         real_emb = self.features(real)  # (N_real, D)
         self.fid.update(real_emb, real=True)
@@ -84,8 +87,13 @@ class EncoderSpaceScore:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # KID draws its subsets from the global generator
             kid_mean, kid_std = self.kid.compute()
-        return {"fd": max(fd, 0.0), "kid": float(kid_mean), "kid_std": float(kid_std),
-                "n_real": float(self.n_real), "n_fake": float(fake.shape[0])}
+        return {
+            "fd": max(fd, 0.0),
+            "kid": float(kid_mean),
+            "kid_std": float(kid_std),
+            "n_real": float(self.n_real),
+            "n_fake": float(fake.shape[0]),
+        }
 
 
 def frechet_distance(encoder: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> float:

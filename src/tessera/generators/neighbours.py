@@ -93,7 +93,8 @@ def neighbourhoods(
     idx = knn_indices(emb, k)  # (N, k)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"emb": emb, "idx": idx, "data_version": data_version, "encoder_version": encoder_version},
-               tmp)
+    torch.save(
+        {"emb": emb, "idx": idx, "data_version": data_version, "encoder_version": encoder_version}, tmp
+    )
     tmp.replace(path)
     return emb, idx

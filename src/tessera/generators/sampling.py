@@ -86,5 +86,6 @@ def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
     """(N, 3, H, W) -> (N, 3, size, size), antialiased bilinear (identity when already that size)."""
     if images.shape[-2:] == (size, size):
         return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False).clamp_(0.0, 1.0)
+    return F.interpolate(
+        images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    ).clamp_(0.0, 1.0)

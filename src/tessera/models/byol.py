@@ -75,9 +75,7 @@ class BYOL(nn.Module):
     def _target(self, x: torch.Tensor) -> torch.Tensor:
         return self.target_projector(embed_tokens(self.target_encoder, x))  # (N, proj_dim)
 
-    def forward(
-        self, x1: torch.Tensor, x2: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Two views (N, C, H, W) -> ``loss`` (symmetrised), online predictions ``p1``, ``p2``."""
         p1, p2 = self._online(x1), self._online(x2)
         z1, z2 = self._target(x1), self._target(x2)

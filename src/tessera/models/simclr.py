@@ -42,9 +42,7 @@ class SimCLR(nn.Module):
         """(N, C, H, W) -> (N, proj_dim) projections."""
         return self.projector(embed_tokens(self.encoder, x))
 
-    def forward(
-        self, x1: torch.Tensor, x2: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Two views (N, C, H, W) -> ``loss`` (scalar), ``z1``, ``z2`` (N, proj_dim)."""
         z1, z2 = self.project(x1), self.project(x2)
         return self.criterion(z1, z2), z1, z2

@@ -49,9 +49,7 @@ class ViTEncoder(nn.Module):
         self.num_patches = self.patch_embed.num_patches
         self.grid_size = img_size // patch_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.register_buffer(
-            "pos_embed", sincos_2d(embed_dim, self.grid_size).unsqueeze(0), persistent=False
-        )
+        self.register_buffer("pos_embed", sincos_2d(embed_dim, self.grid_size).unsqueeze(0), persistent=False)
         self.blocks = make_blocks(embed_dim, num_heads, mlp_ratio, depth)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self._init_weights()

@@ -118,8 +118,13 @@ def fit(
         model.train()
         loss_sum = torch.zeros((), device=env.device)
         n_images, t0 = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False,
-                   disable=not (progress and env.is_main), dynamic_ncols=True)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{settings.epochs}",
+            leave=False,
+            disable=not (progress and env.is_main),
+            dynamic_ncols=True,
+        )
         for i, batch in enumerate(bar):
             lr = warmup_cosine(step, total_steps, warmup_steps, settings.lr, settings.min_lr)
             set_lr(optimizer, lr)
