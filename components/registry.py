@@ -27,8 +27,11 @@ from typing import Any
 import mlflow.pyfunc
 from mlflow.pyfunc import PythonModel
 
-BUNDLES = {"encoder": "tessera-encoder", "classifier": "tessera-ttt-classifier",
-           "generator": "tessera-generator"}
+BUNDLES = {
+    "encoder": "tessera-encoder",
+    "classifier": "tessera-ttt-classifier",
+    "generator": "tessera-generator",
+}
 ANCHOR = "classifier"  # the bundle the promotion gate judges; the others follow it
 CHAMPION, CHALLENGER = "champion", "challenger"
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -49,6 +52,11 @@ class CheckpointBundle(PythonModel):
     After ``mlflow.pyfunc.load_model(uri)``, ``unwrap_python_model()`` gives this object:
     ``.model`` is the ``nn.Module`` (methods intact), ``.checkpoint`` the plain dict.
     """
+
+    # ``predict`` has no type hints on purpose (MLflow would infer a signature from them); this is
+    # MLflow's own switch (PythonModel.__init_subclass__) to skip hint-based validation, and with it
+    # the "Add type hints to the `predict` method" warning on every import.
+    _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
         from tessera import checkpoint
@@ -90,17 +98,20 @@ def log_bundle(client: Any, run_id: str, kind: str, ckpt_path: str | Path) -> st
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / kind
         mlflow.pyfunc.save_model(
-            path=str(local), python_model=str(Path(__file__).with_name("bundle_model.py")),
+            path=str(local),
+            python_model=str(Path(__file__).with_name("bundle_model.py")),
             artifacts={CHECKPOINT_ARTIFACT: str(ckpt_path)},
-            pip_requirements=_pip_requirements(), infer_code_paths=False,
+            pip_requirements=_pip_requirements(),
+            infer_code_paths=False,
             metadata={"tessera_bundle": BUNDLES[kind]},
         )
         client.log_artifacts(run_id, str(local), f"bundles/{kind}")
     return f"{client.get_run(run_id).info.artifact_uri}/bundles/{kind}"
 
 
-def register_release(client: Any, release: str, checkpoints: Mapping[str, str | Path],
-                     tags: Mapping[str, Any] | None = None) -> dict[str, str]:
+def register_release(
+    client: Any, release: str, checkpoints: Mapping[str, str | Path], tags: Mapping[str, Any] | None = None
+) -> dict[str, str]:
     """Register one version per bundle from run ``release`` and alias them all ``challenger``.
 
     Returns ``{kind: version}``. ``tags`` (data version, params and code hashes, git commit) are set
@@ -171,8 +182,7 @@ def download_checkpoint(client: Any, kind: str, ref: str | int, dst: str | Path)
     name, ref = BUNDLES[kind], str(ref)
     version = ref if ref.isdigit() else client.get_model_version_by_alias(name, ref).version
     uri = client.get_model_version_download_uri(name, version)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/artifacts",
-                                                     dst_path=str(dst)))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/artifacts", dst_path=str(dst)))
     files = [p for p in local.rglob("*") if p.is_file()]
     if len(files) != 1:
         raise FileNotFoundError(f"{name} v{version}: expected one checkpoint file, found {files}")
@@ -184,13 +194,18 @@ def describe(client: Any) -> list[dict[str, Any]]:
     rows = []
     for kind, name in BUNDLES.items():
         for mv in client.search_model_versions(f"name = '{name}'"):
-            rows.append({
-                "model": name, "version": int(mv.version), "aliases": list(mv.aliases),
-                "release": mv.tags.get("release", mv.run_id),
-                "data_version": mv.tags.get("data_version", ""),
-                "decision": mv.tags.get("promotion.decision", ""),
-                "created": mv.creation_timestamp, "kind": kind,
-            })
+            rows.append(
+                {
+                    "model": name,
+                    "version": int(mv.version),
+                    "aliases": list(mv.aliases),
+                    "release": mv.tags.get("release", mv.run_id),
+                    "data_version": mv.tags.get("data_version", ""),
+                    "decision": mv.tags.get("promotion.decision", ""),
+                    "created": mv.creation_timestamp,
+                    "kind": kind,
+                }
+            )
     return sorted(rows, key=lambda r: (r["model"], -r["version"]))
 
 
@@ -222,17 +237,24 @@ def checkpoint_of(uri: str, client: Any = None, dst: str | Path | None = None) -
     if name not in kinds or not ref:
         raise ValueError(f"{uri!r}: NAME must be one of {sorted(kinds)} with an @alias or /version")
     client = client or tracking.client()
-    mv = (client.get_model_version(name, ref) if ref.isdigit()
-          else client.get_model_version_by_alias(name, ref))
+    mv = (
+        client.get_model_version(name, ref) if ref.isdigit() else client.get_model_version_by_alias(name, ref)
+    )
     dst = Path(dst) if dst is not None else tracking.workspace() / "checkpoints" / name / str(mv.version)
     path = download_checkpoint(client, kinds[name], str(mv.version), dst)
-    return CheckpointRef(path, name, str(mv.version), mv.tags.get("data_version", ""),
-                         mv.tags.get("release", mv.run_id or ""))
+    return CheckpointRef(
+        path, name, str(mv.version), mv.tags.get("data_version", ""), mv.tags.get("release", mv.run_id or "")
+    )
 
 
-def release_from_files(mlflow_cfg: Any, params: Mapping[str, Any], data_dir: str | Path,
-                       checkpoints: Mapping[str, str | Path], evaluation: Mapping[str, float],
-                       run_name: str = "release") -> tuple[str, dict[str, str]]:
+def release_from_files(
+    mlflow_cfg: Any,
+    params: Mapping[str, Any],
+    data_dir: str | Path,
+    checkpoints: Mapping[str, str | Path],
+    evaluation: Mapping[str, float],
+    run_name: str = "release",
+) -> tuple[str, dict[str, str]]:
     """Record a release made outside the Prefect flow (Kubeflow, a person): one MLflow run with the
     params, the dataset input, the evaluation metrics, then the bundles as ``challenger``."""
     import hashlib
@@ -246,11 +268,18 @@ def release_from_files(mlflow_cfg: Any, params: Mapping[str, Any], data_dir: str
     except Exception:  # not DVC-tracked here (e.g. a KFP artifact copy): say so rather than guess
         version = {"md5": "unversioned", "files": 0, "size": 0}
     client = tracking.client(mlflow_cfg)
-    params_hash = hashlib.sha256(json.dumps(
-        {k: params.get(k) for k in ("data", "pretrain", "generator", "adapt", "evaluate")},
-        sort_keys=True, default=str).encode()).hexdigest()
-    tags = {"data_version": version["md5"], "params_hash": params_hash,
-            "git_commit": tracking.git_commit(Path(__file__).resolve().parents[1])}
+    params_hash = hashlib.sha256(
+        json.dumps(
+            {k: params.get(k) for k in ("data", "pretrain", "generator", "adapt", "evaluate")},
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
+    tags = {
+        "data_version": version["md5"],
+        "params_hash": params_hash,
+        "git_commit": tracking.git_commit(Path(__file__).resolve().parents[1]),
+    }
     run_id = tracking.start_run(client, tracking.experiment_id(client, mlflow_cfg), run_name, tags=tags)
     tracker = tracking.MlflowTracker(client, run_id)
     tracker.log_params(params)
