@@ -1,11 +1,9 @@
-"""One Prefect test harness for the whole session, and a tiny DVC-versioned project to run flows on."""
+"""A tiny DVC-versioned project to run flows on (the Prefect harness is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,19 +50,6 @@ TINY_PARAMS = {
     "promote": {"min_clean_accuracy": 0.0, "min_corrupted_accuracy": 0.0},
     "mlflow": {"system_metrics_interval_s": 1.0},
 }
-
-
-@pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A temporary Prefect server (SQLite) for every flow test in the session; yields its API URL."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    os.environ.setdefault("PREFECT_HOME", str(home))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
 
 
 def _image(cls: int, rng: np.random.Generator) -> Image.Image:

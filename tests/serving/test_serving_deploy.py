@@ -22,7 +22,7 @@ def _answer_version(srv: server.Server) -> str:
 
 
 @pytest.mark.slow
-def test_serving_deploy_second_version_then_rollback(ts, ckpts) -> None:
+def test_serving_deploy_second_version_then_rollback(ts, ckpts, prefect_harness) -> None:
     from flows.deploy import deploy, rollback
 
     assert _answer_version(ts) == "1"
@@ -48,7 +48,7 @@ def test_serving_deploy_second_version_then_rollback(ts, ckpts) -> None:
         rollback.fn(models=[NAME], home=str(ts.home), registry=False)
 
 
-def test_serving_failed_smoke_keeps_default(ts, tmp_path) -> None:
+def test_serving_failed_smoke_keeps_default(ts, tmp_path, prefect_harness) -> None:
     from flows.deploy import deploy
 
     broken = tmp_path / "broken.pt"

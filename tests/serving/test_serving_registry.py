@@ -35,7 +35,9 @@ def _champion(client, run: str, previous: str | None) -> None:
             )
 
 
-def test_serving_deploy_from_registry_and_rollback_moves_champion(ckpts, tmp_path, monkeypatch) -> None:
+def test_serving_deploy_from_registry_and_rollback_moves_champion(
+    ckpts, tmp_path, monkeypatch, prefect_harness
+) -> None:
     if ckpts["ttt"] is None:
         pytest.skip("no TTT classifier arch yet")
     from components import tracking
