@@ -254,10 +254,11 @@ def main() -> None:
         "ttt8": package.package(ttt, "ttt8", 1, store, batched).name,
         "ttt1": package.package(ttt, "ttt1", 1, store, single).name,
     }
-    # The in-process references are measured more than once and the fastest is taken: batch 1 before
-    # the server starts and after the TorchServe batch-1 runs, batch 8 before the server starts and
-    # once in every round. The speed of this shared machine drifts by up to a third over seconds: a
-    # slow spell during one measurement must not make TorchServe look better.
+    # The speed of this shared machine drifts by up to a third over seconds: a slow spell during one
+    # in-process measurement must not make TorchServe look better. So batch 1 is measured before the
+    # server starts and after the TorchServe batch-1 runs (the faster p50 is taken), and batch 8
+    # before the server starts and between the batch-8 rounds (each round against the faster of its
+    # two neighbours; the fastest of all for the stricter figure).
     n8 = max(10, args.requests // 8)
     ip1s = [_in_process(model, 1, args.requests)]
     ip8s = [_in_process(model, 8, n8)]
