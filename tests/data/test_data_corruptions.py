@@ -133,3 +133,11 @@ def test_imagenet_parameters_for_large_images() -> None:
     state = np.random.get_state()[1].copy()
     corrupt(x, "gaussian_noise", 2, seed=5)
     assert np.array_equal(np.random.get_state()[1], state)  # the global stream is restored
+
+
+def test_the_cli_list_of_15_corruptions_is_the_librarys() -> None:
+    """components.data keeps its own copy (so --help needs no numpy); it must not drift."""
+    from components.data import STANDARD_15
+    from tessera.corruptions import CORRUPTIONS
+
+    assert STANDARD_15 == CORRUPTIONS

@@ -112,22 +112,21 @@ def test_kfp_yaml_runs_project_modules() -> None:
 
 def test_the_wheel_carries_the_files_the_code_reads_at_run_time(tmp_path: Path) -> None:
     """A non-editable install (the Docker images) needs TorchServe's configs and the handlers."""
+    import shutil
     import subprocess
     import zipfile
 
+    # build from a copy of the sources: an in-tree build would leave build/ (stale code) in the checkout
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    caches = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("src", "components", "flows", "serving"):
+        shutil.copytree(ROOT / name, src / name, ignore=caches)
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            str(ROOT),
-            "-w",
-            str(tmp_path),
-        ],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src)]
+        + ["-w", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,
