@@ -120,9 +120,15 @@ def serve_champion(
         print(
             f"[serve] POST /predictions/tessera-ttt-classifier ({src}) -> before TTT: {p['before']['class']} "
             f"({p['before']['confidence']:.2f}), after {ans['steps']} TTT steps: {p['class']} "
-            f"({p['confidence']:.2f}); MAE loss at each step (fresh masks each step) "
-            f"{[round(v, 4) for v in p['loss']['per_step']]} "
+            f"({p['confidence']:.2f}); {_loss_text(p['loss'])} "
             f"(model v{ans['model_version']}, data {ans['data_version']})"
         )
     print(f"[serve] TorchServe keeps running at {srv.inference_url} (stop: tessera serve down)")
     return shown
+
+
+def _loss_text(loss: dict[str, Any]) -> str:
+    """The TTT answer's reconstruction loss in words: before/after on the same masks when given."""
+    if loss.get("before") is not None and loss.get("after") is not None:
+        return f"MAE loss on the same masks {loss['before']:.4f} -> {loss['after']:.4f}"
+    return f"MAE loss at each step (fresh masks each step) {[round(v, 4) for v in loss['per_step']]}"

@@ -39,3 +39,12 @@ def test_serving_cpu_workers_split_the_cores_unless_told() -> None:
     tuned = package.model_config(package.Config(min_workers=2, max_workers=2, torch_threads=1), "encoder")
     assert tuned["handler"]["torch_threads"] == 1 and tuned["maxWorkers"] == 2
     assert "torch_threads" not in package.model_config(package.Config(), "encoder")["handler"]
+
+
+def test_serving_demo_reports_the_same_mask_losses_when_the_answer_has_them() -> None:
+    from serving.demo import _loss_text
+
+    episodic = {"per_step": [0.2, 0.19], "before": 0.2012, "after": 0.1897}
+    assert _loss_text(episodic) == "MAE loss on the same masks 0.2012 -> 0.1897"
+    online = {"per_step": [0.2, 0.19], "before": None, "after": None}
+    assert _loss_text(online) == "MAE loss at each step (fresh masks each step) [0.2, 0.19]"
