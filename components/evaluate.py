@@ -34,7 +34,7 @@ ALL_METHODS = (
     "rotation_online",
     "ttt_mae_episodic",
     "ttt_mae_online",
-)
+)  # the same as tessera.adapt.evaluation.METHODS, kept here so --help needs no torch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -158,3 +158,10 @@ def test_unknown_keys_and_methods_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="knn2"):
         adapt_step.validate(adapt_step.Config(methods=("knn2",)))
     assert torch.is_tensor(torch.zeros(1))
+
+
+def test_the_cli_list_of_methods_is_the_librarys() -> None:
+    """components.evaluate keeps its own copy (so --help needs no torch); it must not drift."""
+    from tessera.adapt.evaluation import METHODS
+
+    assert eval_step.ALL_METHODS == METHODS
