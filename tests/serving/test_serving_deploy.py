@@ -6,7 +6,7 @@ import json
 
 import pytest
 import requests
-from conftest import encoder_checkpoint, png, wait_ready
+from serving_helpers import encoder_checkpoint, png, wait_ready
 
 from serving import management, package, server
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import requests
 import torch
-from conftest import DATA_VERSION, as_tensor, b64, png
 from PIL import Image
+from serving_helpers import DATA_VERSION, as_tensor, b64, png
 
 from serving import management
 from tessera import checkpoint

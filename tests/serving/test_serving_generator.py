@@ -8,8 +8,8 @@ import json
 
 import pytest
 import torch
-from conftest import DATA_VERSION, ENCODER, as_tensor, b64, png
 from PIL import Image
+from serving_helpers import DATA_VERSION, ENCODER, as_tensor, b64, png
 
 from serving import management, package
 from tessera import checkpoint

@@ -7,7 +7,7 @@ import json
 
 import torch
 import typer
-from conftest import as_tensor, png
+from serving_helpers import as_tensor, png
 from typer.testing import CliRunner
 
 from components.predict import embed_cli, predict_cli

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import png
+from serving_helpers import png
 
 from serving import management, package, server
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 import torch
-from conftest import DATA_VERSION, as_tensor, b64, png
+from serving_helpers import DATA_VERSION, as_tensor, b64, png
 
 from serving import management
 from tessera import checkpoint
