@@ -133,7 +133,8 @@ def test_serving_bad_request_does_not_fail_its_batch_mates(ts) -> None:
 
 
 def test_serving_logs_each_request_once_in_a_rotated_file(ts) -> None:
-    """Tessera's log4j2.xml: a request is one access-log line; no DEBUG lines; stdout stays quiet."""
+    """Tessera's log4j2.xml: a request is one access-log line; no other log grows per request or
+    batch; no DEBUG lines; stdout stays quiet."""
     marker = f"/predictions/tessera-encoder?log-check={np.random.default_rng().integers(1 << 30)}"
     r = requests.post(f"{ts.inference_url}{marker}", data=png(5), headers={"Content-Type": "image/png"})
     assert r.status_code == 200, r.text
@@ -144,5 +145,8 @@ def test_serving_logs_each_request_once_in_a_rotated_file(ts) -> None:
     assert marker not in ts_log and "[DEBUG]" not in ts_log
     assert "Sending response for jobId" not in ts_log
     assert "Torchserve version:" in ts_log  # the frontend's INFO lines are still there
+    assert "[METRICS]" not in ts_log  # each batch's metrics go to /metrics, not to the log
+    model_log = (logs / "model_log.log").read_text()
+    assert "ready on" in model_log and "Backend received inference" not in model_log
     out = (logs / "torchserve.out").read_text(errors="replace")
     assert "/predictions/" not in out and "[DEBUG]" not in out and "[INFO ]" not in out
