@@ -48,7 +48,7 @@ from serving import management, package, server  # noqa: E402
 from tessera import checkpoint  # noqa: E402
 from tessera.models import build  # noqa: E402
 from tessera.models.embed import embed  # noqa: E402
-from tessera.models.registry import config_of  # noqa: E402
+from tessera.models.registry import config_of, from_checkpoint  # noqa: E402
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -179,18 +179,10 @@ def _in_process(model: torch.nn.Module, batch: int, n: int) -> dict:
 def _side_by_side_worker(path: str, batch: int, n: int, start, out) -> None:  # noqa: ANN001
     """One 1-thread process: ``n`` in-process batches of ``batch`` once all processes are ready."""
     torch.set_num_threads(1)
-    from tessera.models.registry import from_checkpoint
-
     model = from_checkpoint(checkpoint.load(path, map_location="cpu")).eval()
-    x = torch.rand(batch, 3, 32, 32)
-    with torch.inference_mode():
-        for _ in range(5):
-            embed(model, x)
-        start.wait()
-        t = time.perf_counter()
-        for _ in range(n):
-            embed(model, x)
-        out.put(n * batch / (time.perf_counter() - t))
+    _in_process(model, batch, 1)  # warm-up
+    start.wait()
+    out.put(_in_process(model, batch, n)["rps"] * batch)
 
 
 def _side_by_side(path: Path, procs: int, batch: int, n: int) -> float:
