@@ -84,6 +84,7 @@ class TesseraHandler(BaseHandler):
             "arch": self.ckpt["arch"],
         }
         self.setup()
+        quiet_per_batch_log()
         self.initialized = True
         logger.info(
             "Tessera %s v%s ready on %s (%d torch threads)",
@@ -227,6 +228,27 @@ def worker_threads(settings: dict[str, Any], model_yaml: dict[str, Any]) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = max(1, int(model_yaml.get("maxWorkers") or model_yaml.get("minWorkers") or 1))
     return max(1, cores // workers)
+
+
+class _PerBatchLine(logging.Filter):
+    """Drops the line TorchServe's worker logs for every batch ("Backend received inference at: <t>")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Backend received inference"))
+
+
+def quiet_per_batch_log() -> None:
+    """Stop TorchServe's per-batch line at its source, the worker (once per process).
+
+    The worker writes it to stdout with the root logger (``ts.protocol.otf_message_handler``); the
+    frontend reads every worker line, and before this filter Tessera's log4j2.xml dropped this one
+    there with a regex. Here it never leaves the worker: neither the worker's write nor the
+    frontend's read, regex and log call happen once per batch. Other lines, the handlers' included,
+    are untouched.
+    """
+    root = logging.getLogger()
+    if not any(isinstance(f, _PerBatchLine) for f in root.filters):
+        root.addFilter(_PerBatchLine())
 
 
 def _data_version(ckpt: dict[str, Any]) -> str:

@@ -134,7 +134,8 @@ def test_serving_bad_request_does_not_fail_its_batch_mates(ts) -> None:
 
 def test_serving_logs_each_request_once_in_a_rotated_file(ts) -> None:
     """Tessera's log4j2.xml: a request is one access-log line; no other log grows per request or
-    batch; no DEBUG lines; stdout stays quiet."""
+    batch (the worker's per-batch line is dropped by the handler, in the worker); no DEBUG lines;
+    stdout stays quiet."""
     marker = f"/predictions/tessera-encoder?log-check={np.random.default_rng().integers(1 << 30)}"
     r = requests.post(f"{ts.inference_url}{marker}", data=png(5), headers={"Content-Type": "image/png"})
     assert r.status_code == 200, r.text
