@@ -13,6 +13,11 @@ from pathlib import Path
 from components.tracking import workspace
 
 DB_ENV = "TESSERA_PREFECT_DB_URL"
+# Seconds Prefect waits for its ephemeral (local, in-process) server. Prefect's default, 20 s, is
+# shorter than the first start on a fresh SQLite database takes on a slow 2-core machine (the
+# database migrations run then): `make demo` failed with "Timed out while attempting to connect to
+# ephemeral Prefect API server" on 2026-12-03.
+EPHEMERAL_STARTUP_TIMEOUT_S = 180
 
 
 def prefect_home(ws: Path | None = None) -> Path:
@@ -43,6 +48,7 @@ def environment(ws: Path | None = None) -> dict[str, str]:
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url(ws),
         "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(EPHEMERAL_STARTUP_TIMEOUT_S),
     }
 
 
