@@ -333,7 +333,7 @@ def main() -> None:
         ip8s += bracket
         ip8 = max(ip8s, key=lambda r: r["rps"])
         spread = 1 - min(r["rps"] for r in ip8s) / ip8["rps"]
-        figures = {}
+        figures: dict[str, dict] = {}
         for name, label in deployments.items():
             # each round against the faster of the in-process batches right before and right after it
             ratios = sorted(
@@ -344,7 +344,7 @@ def main() -> None:
             low, high, cover = median_ci(ratios)
             med = sorted(runs[name], key=lambda r: r["rps"])[len(runs[name]) // 2]
             fastest = med["rps"] / (ip8["rps"] * 8)
-            figures[name] = (med, paired, fastest, low, high)
+            figures[name] = {"med": med, "paired": paired, "fastest": fastest, "low": low, "high": high}
             print(
                 f"encoder batch 8, {label}: TorchServe {med['rps']:.1f} img/s"
                 f" (median of {args.rounds} rounds)"
@@ -361,22 +361,22 @@ def main() -> None:
         print(
             f"context: two 1-thread processes running batches of 4 side by side in-process: {side:.1f} img/s"
             f" ({side / (ip8['rps'] * 8):.2f}x the in-process batch of 8); the tuned deployment reaches"
-            f" {figures['enc2w'][0]['rps'] / side:.2f}x of that"
+            f" {figures['enc2w']['med']['rps'] / side:.2f}x of that"
         )
         print(f"RESULT serving_encoder_b1_on_b8_deployment_overhead_p50 {ts1_on8['p50'] - ip1['p50']:.2f} ms")
         print(f"RESULT serving_encoder_b1_overhead_p50 {overhead:.2f} ms")
         print(f"RESULT serving_encoder_b1_rps {ts1['rps']:.1f} req/s")
         print(f"RESULT serving_encoder_b1_p99 {ts1['p99']:.2f} ms")
-        print(f"RESULT serving_encoder_b8_vs_inprocess {figures['enc2w'][1]:.2f} x")
-        print(f"RESULT serving_encoder_b8_vs_inprocess_ci_low {figures['enc2w'][3]:.2f} x")
-        print(f"RESULT serving_encoder_b8_vs_inprocess_ci_high {figures['enc2w'][4]:.2f} x")
-        print(f"RESULT serving_encoder_b8_vs_fastest_inprocess {figures['enc2w'][2]:.2f} x")
-        print(f"RESULT serving_encoder_b8_rps {figures['enc2w'][0]['rps']:.1f} img/s")
-        print(f"RESULT serving_encoder_b8_p99 {figures['enc2w'][0]['p99']:.2f} ms")
-        print(f"RESULT serving_encoder_b8_1worker_vs_inprocess {figures['enc'][1]:.2f} x")
-        print(f"RESULT serving_encoder_b8_1worker_vs_fastest_inprocess {figures['enc'][2]:.2f} x")
-        print(f"RESULT serving_encoder_b8_1worker_rps {figures['enc'][0]['rps']:.1f} img/s")
-        print(f"RESULT serving_encoder_b8_1worker_p99 {figures['enc'][0]['p99']:.2f} ms")
+        print(f"RESULT serving_encoder_b8_vs_inprocess {figures['enc2w']['paired']:.2f} x")
+        print(f"RESULT serving_encoder_b8_vs_inprocess_ci_low {figures['enc2w']['low']:.2f} x")
+        print(f"RESULT serving_encoder_b8_vs_inprocess_ci_high {figures['enc2w']['high']:.2f} x")
+        print(f"RESULT serving_encoder_b8_vs_fastest_inprocess {figures['enc2w']['fastest']:.2f} x")
+        print(f"RESULT serving_encoder_b8_rps {figures['enc2w']['med']['rps']:.1f} img/s")
+        print(f"RESULT serving_encoder_b8_p99 {figures['enc2w']['med']['p99']:.2f} ms")
+        print(f"RESULT serving_encoder_b8_1worker_vs_inprocess {figures['enc']['paired']:.2f} x")
+        print(f"RESULT serving_encoder_b8_1worker_vs_fastest_inprocess {figures['enc']['fastest']:.2f} x")
+        print(f"RESULT serving_encoder_b8_1worker_rps {figures['enc']['med']['rps']:.1f} img/s")
+        print(f"RESULT serving_encoder_b8_1worker_p99 {figures['enc']['med']['p99']:.2f} ms")
         print(f"RESULT serving_encoder_b8_inprocess {ip8['rps'] * 8:.1f} img/s")
         print(f"RESULT serving_encoder_b8_inprocess_2x1thread_b4 {side:.1f} img/s")
         img = base64.b64encode(body).decode("ascii")

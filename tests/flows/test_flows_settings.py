@@ -21,8 +21,7 @@ def _restore_environment():
 
 
 def test_the_local_prefect_server_gets_time_to_start_on_a_slow_machine(monkeypatch, tmp_path) -> None:
-    monkeypatch.delenv(KEY, raising=False)
-    for key in settings.environment(tmp_path):
+    for key in settings.environment(tmp_path):  # KEY among them
         monkeypatch.delenv(key, raising=False)
     effective = settings.configure(tmp_path)
     # Prefect's own default (20 s) was too short for a first start on 2 busy cores (2026-12-03)
