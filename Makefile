@@ -33,9 +33,10 @@ test-full: setup
 	$(BIN)/pytest -q -m full
 
 lint: setup
-	$(BIN)/ruff check src components flows serving tests bench docs
-	$(BIN)/ruff format --check src components flows serving tests bench docs
+	$(BIN)/ruff check src components lifecycle flows serving cli tests bench docs
+	$(BIN)/ruff format --check src components lifecycle flows serving cli tests bench docs
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

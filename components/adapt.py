@@ -17,12 +17,13 @@ from typing import Any
 
 import typer
 
-from components.command import run_command
+from components.command import DATA_VERSION_HELP, data_folder, parse_data_version, run_command
 from tessera.config import load_params, section_of, to_dict
 from tessera.errors import ConfigError, TesseraError
+from tessera.names import ADAPT_METHODS, TTT_DEFAULTS
 from tessera.tracking import JsonTracker, NullTracker, Tracker
 
-METHODS = ("linear", "knn", "finetune")
+METHODS = ADAPT_METHODS
 CHECKPOINT = "classifier.pt"
 
 
@@ -42,10 +43,10 @@ class Config:
     finetune_epochs: int = 5  # fine-tuning epochs (encoder + heads)
     finetune_lr: float = 1.0e-4  # fine-tuning AdamW learning rate
     finetune_batch_size: int = 64  # fine-tuning batch size (images)
-    ttt_steps: int = 20  # TTT-MAE default SGD steps per input (stored in classifier.pt)
-    ttt_copies: int = 16  # TTT-MAE default masked copies per step
-    ttt_lr: float = 5.0e-3  # TTT-MAE default SGD learning rate (momentum 0.9)
-    ttt_mask_ratio: float = 0.75  # TTT-MAE default mask ratio
+    ttt_steps: int = TTT_DEFAULTS["steps"]  # TTT-MAE default SGD steps per input (stored in classifier.pt)
+    ttt_copies: int = TTT_DEFAULTS["copies"]  # TTT-MAE default masked copies per step
+    ttt_lr: float = TTT_DEFAULTS["lr"]  # TTT-MAE default SGD learning rate (momentum 0.9)
+    ttt_mask_ratio: float = TTT_DEFAULTS["mask_ratio"]  # TTT-MAE default mask ratio
     max_train: int = 0  # train on a seeded stratified subset of this many images (0: all)
     seed: int = 0  # seeds heads, shuffling and subsets
 
@@ -68,7 +69,7 @@ def ttt_defaults(cfg: Config) -> dict[str, Any]:
         "copies": cfg.ttt_copies,
         "lr": cfg.ttt_lr,
         "mask_ratio": cfg.ttt_mask_ratio,
-        "momentum": 0.9,
+        "momentum": TTT_DEFAULTS["momentum"],
     }
 
 
@@ -89,8 +90,14 @@ def run(
     encoder: str | Path,
     out_dir: str | Path,
     tracker: Tracker | None = None,
+    *,
+    data_version: str | dict[str, Any] | None,
 ) -> dict[str, float]:
-    """Train the heads on the encoder ``encoder`` and the data ``data_dir``; write ``out_dir``."""
+    """Train the heads on the encoder ``encoder`` and the data ``data_dir``; write ``out_dir``.
+
+    ``data_version`` (required) is the version of ``data_dir`` (the classifier's own training data,
+    not the encoder's), stamped in the checkpoints.
+    """
     import torch
 
     from tessera import checkpoint
@@ -104,6 +111,7 @@ def run(
     from tessera.models.registry import from_checkpoint
 
     validate(cfg)
+    version = parse_data_version(data_version, "adapt")
     tracker = tracker or NullTracker()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     enc_ckpt = checkpoint.load(encoder)
@@ -149,7 +157,6 @@ def run(
         for split, ev in evals.items():
             if ev is not None:
                 metrics[f"rotation/{split}_accuracy"] = float(rot_pred(ev[0]).mean())
-    version = enc_ckpt.get("data_version")
     extra = {
         "ttt": ttt_defaults(cfg),
         "adapt": to_dict(cfg),
@@ -206,16 +213,15 @@ def run(
     return metrics
 
 
-def execute(params: str, preset: str | None, data: str | None, encoder: str, out: str) -> dict[str, float]:
+def execute(
+    params: str, preset: str | None, data: str | None, encoder: str, out: str, data_version: str | None
+) -> dict[str, float]:
     """Shared by ``main`` and ``cli``: read params, pick the data folder, run with a JSON-lines tracker."""
     all_params = load_params(params, preset)
     cfg = section_of(Config, all_params, "adapt")
-    if data is None:
-        name = (all_params.get("data") or {}).get("name")
-        if not name:
-            raise ConfigError("no --data given and no data.name in params: pass --data DIR")
-        data = str(Path("data") / name)
-    metrics = run(cfg, data, encoder, out, JsonTracker(Path(out) / "tracker.jsonl"))
+    data = data or str(data_folder(all_params))
+    tracker = JsonTracker(Path(out) / "tracker.jsonl")
+    metrics = run(cfg, data, encoder, out, tracker, data_version=data_version)
     print(json.dumps(metrics))
     return metrics
 
@@ -231,10 +237,11 @@ def cli(
     data: str | None = typer.Option(None, "--data", help="image folder (default: data/<data.name>)"),
     encoder: str = typer.Option("runs/pretrain/encoder.pt", "--encoder", help="encoder checkpoint"),
     out: str = typer.Option("runs/adapt", "--out", help="output folder"),
+    data_version: str | None = typer.Option(None, "--data-version", help=DATA_VERSION_HELP),
 ) -> None:
     """Linear probe (+ rotation head), kNN, fine-tuning: write OUT/classifier.pt and metrics.json."""
     try:
-        execute(params, preset, data, encoder, out)
+        execute(params, preset, data, encoder, out, data_version)
     except TesseraError as e:
         typer.echo(f"adapt: {type(e).__name__}: {e}", err=True)
         raise typer.Exit(2) from e

@@ -1,4 +1,4 @@
-"""Run a step's typer command as ``python -m components.<step>``: one option set for both entry points.
+"""What every step shares: its ``python -m components.<step>`` entry point and the data version it is given.
 
 ``tessera <step> ...`` and ``python -m components.<step> ...`` (the form DVC, the containers and
 Kubeflow run) parse the same typer options, so the two cannot drift apart.
@@ -6,7 +6,9 @@ Kubeflow run) parse the same typer options, so the two cannot drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -25,3 +27,50 @@ def run_command(command: Callable[..., Any], argv: list[str] | None, prog: str) 
     except SystemExit as e:
         if e.code not in (0, None):
             raise
+
+
+DATA_VERSION_HELP = (
+    "data version of --data: JSON {md5, files, size}, a JSON file or a bare md5 "
+    "(`tessera <step>` reads it from dvc.lock when omitted)"
+)
+
+
+def parse_data_version(given: str | Mapping[str, Any] | None, step: str) -> dict[str, Any]:
+    """The data version a step stamps in its checkpoint: a dict, JSON text, a JSON file or an md5.
+
+    A step never computes it (that is the lifecycle adapters' job, done once per run): the flow passes
+    the one its data check computed, ``tessera <step>`` reads it from ``dvc.lock``, Kubeflow passes a
+    pipeline parameter. Without one the step refuses to run rather than write an unversioned model.
+    """
+    from tessera.errors import DataError
+
+    if isinstance(given, Mapping):
+        value: Any = dict(given)
+    elif given and str(given).strip():
+        text = str(given).strip()
+        path = Path(text)
+        if len(text) < 4096 and path.is_file():
+            text = path.read_text().strip()
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = {"md5": text}
+        value = value if isinstance(value, dict) else {"md5": str(value)}
+    else:
+        raise DataError(
+            f"{step}: no data version given: pass --data-version (JSON, a file or the DVC md5), or run "
+            f"`tessera {step}` (it reads dvc.lock) or the retrain flow (its data check computes it)"
+        )
+    if not str(value.get("md5") or "").strip():
+        raise DataError(f"{step}: the data version {value!r} has no md5")
+    return value
+
+
+def data_folder(params: Mapping[str, Any]) -> Path:
+    """``<data.root>/<data.name>`` of a params dict: where every step finds the data set by default."""
+    from tessera.errors import ConfigError
+
+    section = params.get("data") or {}
+    if not section.get("name"):
+        raise ConfigError("no --data given and no data.name in params: pass --data DIR")
+    return Path(section.get("root") or "data") / str(section["name"])

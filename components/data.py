@@ -5,8 +5,9 @@ writes ``data/<data.name>/`` from the ``data`` section: the embedded digits + ph
 (:mod:`tessera.data.embedded`), or, when ``data.source`` is a folder, an import of it.
 ``tessera data import SRC --name NAME`` imports a user's folder with a rejection report
 (:mod:`tessera.data.importer`). ``tessera data corrupt`` writes ``data/<name>-c/`` from the
-``corrupt`` section (Hendrycks & Dietterich 2019, :mod:`tessera.corruptions`). ``tessera data
-version PATH`` prints the DVC data version and, with ``--check``, refuses changed data.
+``corrupt`` section (Hendrycks & Dietterich 2019, :mod:`tessera.corruptions`). Each command returns
+the folder it wrote; the DVC data version of it is the command line's business (``cli/data.py``:
+``tessera data version``), since a step never talks to DVC.
 """
 
 from __future__ import annotations
@@ -23,26 +24,10 @@ import typer
 
 from tessera.config import load_params, section_of, to_dict
 from tessera.errors import TesseraError
+from tessera.names import CORRUPTIONS, EXTRA_CORRUPTIONS
 from tessera.tracking import JsonTracker, NullTracker, Tracker
 
 F = TypeVar("F", bound=Callable[..., Any])
-STANDARD_15 = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)  # the same list as tessera.corruptions.CORRUPTIONS, kept here so --help needs no numpy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +48,7 @@ class Config:
 class CorruptConfig:
     """The ``corrupt`` section of ``params.yaml``."""
 
-    corruptions: tuple[str, ...] = STANDARD_15  # the 15 ImageNet-C / CIFAR-10-C corruptions
+    corruptions: tuple[str, ...] = CORRUPTIONS  # the 15 ImageNet-C / CIFAR-10-C corruptions
     extras: bool = False  # also the 4 extra ones: speckle_noise, gaussian_blur, spatter, saturate
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)  # 1 (mild) to 5 (severe)
     max_per_class: int = 0  # corrupt the first N test images of each class (0: all)
@@ -71,7 +56,7 @@ class CorruptConfig:
     workers: int = 2  # worker processes (one (corruption, severity) cell at a time each)
 
 
-def _friendly(fn: F) -> F:
+def friendly(fn: F) -> F:
     """Turn Tessera's errors into one red line and exit code 2 instead of a traceback."""
 
     @functools.wraps(fn)
@@ -158,8 +143,6 @@ def _import(src: Path, target: Path, size: int, split: Any, seed: int, max_pixel
 
 def corrupt_config(cfg: CorruptConfig) -> tuple[list[str], list[int]]:
     """The corruptions (with the extras when asked) and severities a config selects."""
-    from tessera.corruptions import EXTRA_CORRUPTIONS
-
     names = list(cfg.corruptions) + [c for c in EXTRA_CORRUPTIONS if cfg.extras and c not in cfg.corruptions]
     return names, [int(s) for s in cfg.severities]
 
@@ -206,7 +189,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="Build, import, corrupt and version image data sets.",
+    help="Build, import and corrupt image data sets.",
 )
 
 
@@ -215,22 +198,23 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 @app.command("build")
-@_friendly
+@friendly
 def build_cli(
     params: str = typer.Option("params.yaml", "--params", help="params file (section `data`)"),
     preset: str | None = typer.Option(None, "--preset", help="overlay params.<preset>.yaml (cpu, gpu)"),
     name: str | None = typer.Option(None, "--name", help="data set name (default: data.name)"),
     out: str = typer.Option("runs/data", "--out", help="folder for metrics.json"),
-) -> None:
+) -> Path:
     """Build data/<name>/ from the `data` section: the embedded digits + photo patches, or an import."""
     cfg = section_of(Config, load_params(params, preset), "data")
     cfg = dataclasses.replace(cfg, name=name) if name else cfg
     metrics = run_build(cfg, out, JsonTracker(Path(out) / "log.jsonl"))
     _summary(Path(cfg.root) / cfg.name, metrics)
+    return Path(cfg.root) / cfg.name
 
 
 @app.command("import")
-@_friendly
+@friendly
 def import_cli(
     src: Path = typer.Argument(..., help="image folder: <class>/ sub-folders, train/val/test/, or flat"),
     name: str = typer.Option(..., "--name", help="data set name: writes <root>/<name>/"),
@@ -239,16 +223,17 @@ def import_cli(
     seed: int = typer.Option(0, "--seed", help="seed of the stratified split"),
     root: str = typer.Option("data", "--root", help="where data sets live"),
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="decompression-bomb limit"),
-) -> None:
+) -> Path:
     """Import a folder of images, checking every file; bad files go to a rejection report."""
     start = time.perf_counter()
     result = _import(src, Path(root) / name, size, split, seed, max_pixels)
     typer.echo(f"{result.status}: {result.imported} images, {len(result.rejected)} rejected")
     _summary(result.out_dir, _flat_counts(result.counts) | {"seconds": time.perf_counter() - start})
+    return Path(result.out_dir)
 
 
 @app.command("corrupt")
-@_friendly
+@friendly
 def corrupt_cli(
     name: str | None = typer.Option(None, "--name", help="data set (default: data.name)"),
     params: str = typer.Option("params.yaml", "--params", help="params file (sections `data`, `corrupt`)"),
@@ -259,7 +244,7 @@ def corrupt_cli(
     max_per_class: int | None = typer.Option(None, "--max-per-class", help="test images per class (0: all)"),
     workers: int | None = typer.Option(None, "--workers", help="worker processes"),
     out: str = typer.Option("runs/corrupt", "--out", help="folder for metrics.json"),
-) -> None:
+) -> Path:
     """Write data/<name>-c/<corruption>/<severity>/<class>/ from the test split + a contact sheet."""
     p = load_params(params, preset) if Path(params).exists() else {}
     data_cfg = section_of(Config, p, "data")
@@ -278,44 +263,27 @@ def corrupt_cli(
     metrics = run_corrupt(cfg, Path(data_cfg.root) / name, out_root, out, tracker)
     _summary(out_root, metrics)
     typer.echo(f"contact sheet: {out_root / 'contact_sheet.png'}")
-
-
-@app.command("version")
-@_friendly
-def version_cli(
-    path: Path = typer.Argument(..., help="a data folder, e.g. data/digits"),
-    check: bool = typer.Option(False, "--check", help="fail, naming files, if it changed since versioned"),
-) -> None:
-    """Print the DVC data version {md5, files, size} of a folder (the md5 of dvc.lock / .dvc)."""
-    from components import lineage
-
-    version = lineage.check_unchanged(path) if check else lineage.data_version(path)
-    typer.echo(json.dumps(version))
+    return out_root
 
 
 def _summary(folder: Path, metrics: dict[str, float]) -> None:
     counts = ", ".join(f"{k.split('/', 1)[-1]} {int(v)}" for k, v in metrics.items() if k != "seconds")
     typer.echo(f"{folder}: {counts} ({metrics.get('seconds', 0.0):.1f} s)")
-    try:
-        from components import lineage
-
-        typer.echo(f"data version: {json.dumps(lineage.data_version(folder))}")
-    except Exception as e:  # the version is a convenience here; the data is written
-        typer.echo(f"data version: unavailable ({e})")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m components.data {build,import,corrupt,version} ...``; returns the exit code."""
+    """``python -m components.data {build,import,corrupt} ...``; returns the exit code."""
     import click
 
     try:
+        # click returns an Exit's code under standalone_mode=False; the commands return the folder
         result = app(args=argv, prog_name="python -m components.data", standalone_mode=False)
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.ClickException as e:
         e.show()
         return int(e.exit_code)
-    return int(result or 0)
+    return result if isinstance(result, int) else 0
 
 
 __all__ = ["Config", "CorruptConfig", "app", "main", "run_build", "run_corrupt", "to_dict"]

@@ -21,20 +21,13 @@ from typing import Any
 
 import typer
 
-from components.command import run_command
+from components.command import data_folder, run_command
 from tessera.config import load_params, section_of
-from tessera.errors import ConfigError, TesseraError
+from tessera.errors import TesseraError
+from tessera.names import EVAL_METHODS, ttt_defaults
 from tessera.tracking import JsonTracker, NullTracker, Tracker
 
-ALL_METHODS = (
-    "frozen",
-    "normstat",
-    "tent",
-    "rotation_episodic",
-    "rotation_online",
-    "ttt_mae_episodic",
-    "ttt_mae_online",
-)  # the same as tessera.adapt.evaluation.METHODS, kept here so --help needs no torch
+ALL_METHODS = EVAL_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +62,17 @@ def method_settings(cfg: Config, ttt: dict[str, Any]) -> Any:
     from tessera.adapt.tent import TentSettings
     from tessera.adapt.test_time import TTTSettings
 
-    def pick(value: Any, key: str, default: Any) -> Any:
-        return value if value is not None else ttt.get(key, default)
+    stored = ttt_defaults(ttt)
+
+    def pick(value: Any, key: str) -> Any:
+        return value if value is not None else stored[key]
 
     mae = TTTSettings(
-        steps=int(pick(cfg.ttt_steps, "steps", 20)),
-        copies=int(pick(cfg.ttt_copies, "copies", 16)),
-        lr=float(pick(cfg.ttt_lr, "lr", 5e-3)),
-        momentum=float(ttt.get("momentum", 0.9)),
-        mask_ratio=float(pick(cfg.ttt_mask_ratio, "mask_ratio", 0.75)),
+        steps=int(pick(cfg.ttt_steps, "steps")),
+        copies=int(pick(cfg.ttt_copies, "copies")),
+        lr=float(pick(cfg.ttt_lr, "lr")),
+        momentum=float(stored["momentum"]),
+        mask_ratio=float(pick(cfg.ttt_mask_ratio, "mask_ratio")),
         reset_every=cfg.online_reset_every,
         seed=cfg.seed,
     )
@@ -269,12 +264,10 @@ def execute(
     """Shared by ``main`` and ``cli``: read params, pick the folders, run with a JSON-lines tracker."""
     all_params = load_params(params, preset)
     cfg = section_of(Config, all_params, "evaluate")
-    name = (all_params.get("data") or {}).get("name")
     if data is None or corrupted is None:
-        if not name:
-            raise ConfigError("no --data/--corrupted given and no data.name in params: pass them")
-        data = data or str(Path("data") / name)
-        corrupted = corrupted or str(Path("data") / f"{name}-c")
+        folder = data_folder(all_params)
+        data = data or str(folder)
+        corrupted = corrupted or f"{folder}-c"
     metrics = run(cfg, data, corrupted, classifier, out, JsonTracker(Path(out) / "tracker.jsonl"))
     print(json.dumps({k: v for k, v in metrics.items() if k.count("/") <= 2}, indent=1))
     return metrics

@@ -8,7 +8,6 @@ reported (in the output's ``skipped`` list and on stderr), never fatal.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 from pathlib import Path
@@ -16,29 +15,32 @@ from typing import Any
 
 import typer
 
+LABEL_HELP = "How the output names the model (default: --model)."
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 def load_model(
     ref: str, arch_modules: tuple[str, ...] = ("tessera.adapt.heads",)
 ) -> tuple[Any, dict[str, Any]]:
-    """A checkpoint path or ``models:/NAME@alias`` -> (model in eval mode, checkpoint dict)."""
+    """A checkpoint path -> (model in eval mode, checkpoint dict).
+
+    A ``models:/NAME@alias`` is the registry's business: ``tessera embed`` / ``tessera predict``
+    (``cli/steps.py``) download it and hand this step the local checkpoint.
+    """
     import importlib
-    import tempfile
 
     from tessera import checkpoint
+    from tessera.errors import CheckpointError
     from tessera.models.registry import from_checkpoint
 
-    for module in arch_modules:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(module)
     if ref.startswith("models:/"):
-        from serving.release import resolve
-
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = checkpoint.load(resolve(ref, tmp).path)
-    else:
-        ckpt = checkpoint.load(ref)
+        raise CheckpointError(
+            f"{ref} is a registry URI: run `tessera embed`/`tessera predict` (they download it), "
+            "or pass a checkpoint file"
+        )
+    for module in arch_modules:
+        importlib.import_module(module)
+    ckpt = checkpoint.load(ref)
     return from_checkpoint(ckpt).eval(), ckpt
 
 
@@ -99,6 +101,9 @@ def embed_cli(
     model: str = typer.Option(..., "--model", help="Encoder checkpoint or models:/tessera-encoder@champion."),
     out: Path = typer.Option(Path("embeddings.csv"), help="Output .csv or .json."),
     batch_size: int = typer.Option(256, help="Images per forward pass."),
+    model_label: str | None = typer.Option(
+        None, "--model-label", hidden=True, help="How outputs name the model."
+    ),
 ) -> None:
     """Embed every image of FOLDER (the endpoint's embedding) into a CSV/JSON."""
     from tessera.models.embed import embed, encoder_of
@@ -110,7 +115,12 @@ def embed_cli(
         {"path": n, **{f"e{j}": round(float(v), 6) for j, v in enumerate(vec)}}
         for n, vec in zip(names, z, strict=True)
     ]
-    write(rows, skipped, out, {"model": model, "data_version": _data_version(ckpt), "dim": int(z.shape[1])})
+    write(
+        rows,
+        skipped,
+        out,
+        {"model": model_label or model, "data_version": _data_version(ckpt), "dim": int(z.shape[1])},
+    )
     _report(len(rows), skipped, out)
 
 
@@ -124,6 +134,9 @@ def predict_cli(
     steps: int = typer.Option(-1, help="TTT steps (-1: the checkpoint's default)."),
     copies: int = typer.Option(-1, help="TTT masked copies per step (-1: the checkpoint's default)."),
     seed: int = typer.Option(0, help="Seed of the TTT masks."),
+    model_label: str | None = typer.Option(
+        None, "--model-label", hidden=True, help="How outputs name the model."
+    ),
 ) -> None:
     """Classify every image of FOLDER, optionally with per-image TTT-MAE, into a CSV/JSON."""
     import torch
@@ -142,13 +155,15 @@ def predict_cli(
     if ttt and len(x):
         from tessera.adapt.test_time import TTTSettings
         from tessera.adapt.ttt_mae import ttt_mae_trainer
+        from tessera.names import ttt_defaults
 
-        d = dict((ckpt.get("extra") or {}).get("ttt") or {})
+        d = ttt_defaults((ckpt.get("extra") or {}).get("ttt"))
         settings = TTTSettings(
-            steps=steps if steps >= 0 else int(d.get("steps", 20)),
-            copies=copies if copies > 0 else int(d.get("copies", 16)),
-            lr=float(d.get("lr", 5e-3)),
-            mask_ratio=float(d.get("mask_ratio", 0.75)),
+            steps=steps if steps >= 0 else int(d["steps"]),
+            copies=copies if copies > 0 else int(d["copies"]),
+            lr=float(d["lr"]),
+            momentum=float(d["momentum"]),
+            mask_ratio=float(d["mask_ratio"]),
             seed=seed,
         )
         trainer = ttt_mae_trainer(net, settings)
@@ -171,6 +186,6 @@ def predict_cli(
         rows,
         skipped,
         out,
-        {"model": model, "data_version": _data_version(ckpt), "classes": classes, "ttt": ttt},
+        {"model": model_label or model, "data_version": _data_version(ckpt), "classes": classes, "ttt": ttt},
     )
     _report(len(rows), skipped, out)

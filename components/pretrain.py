@@ -18,12 +18,13 @@ from typing import Any
 
 import typer
 
-from components.command import run_command
+from components.command import DATA_VERSION_HELP, data_folder, parse_data_version, run_command
 from tessera.config import load_params, section_of, to_dict
 from tessera.errors import CheckpointError, ConfigError, TesseraError
+from tessera.names import PRETRAIN_METHODS
 from tessera.tracking import JsonTracker, NullTracker, Tracker
 
-METHODS = ("mae", "simclr", "byol")
+METHODS = PRETRAIN_METHODS
 CHECKPOINT = "encoder.pt"
 # Settings that may change between a crash and the rerun without changing the trajectory.
 _RESUMABLE_CHANGES = {"num_workers", "compile", "grid_every", "device", "resume"}
@@ -84,25 +85,6 @@ def model_overrides(cfg: Config) -> dict[str, Any]:
     return {"base_momentum": cfg.base_momentum}
 
 
-def resolve_data_version(data_dir: Path, given: str | dict[str, Any] | None) -> dict[str, Any] | None:
-    """``given`` as a dict, JSON text, a JSON file or a bare md5; else ``components.lineage``'s."""
-    if isinstance(given, dict):
-        return given
-    if given:
-        path = Path(given)
-        text = path.read_text() if path.is_file() else given
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            return {"md5": text.strip()}
-        return value if isinstance(value, dict) else {"md5": str(value)}
-    try:
-        from components.lineage import data_version  # written by the data step
-    except ImportError:
-        return None
-    return dict(data_version(data_dir))
-
-
 def _check_same_run(
     ckpt: dict[str, Any], cfg: Config, data_version: dict[str, Any] | None, path: Path
 ) -> None:
@@ -123,10 +105,13 @@ def run(
     out_dir: str | Path,
     tracker: Tracker | None = None,
     *,
-    data_version: str | dict[str, Any] | None = None,
+    data_version: str | dict[str, Any] | None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Pretrain ``cfg.arch`` on ``data_dir``; write the checkpoint, metrics and grids to ``out_dir``."""
+    """Pretrain ``cfg.arch`` on ``data_dir``; write the checkpoint, metrics and grids to ``out_dir``.
+
+    ``data_version`` (a dict, JSON or an md5; required) is stamped in the checkpoint as given.
+    """
     from tessera.training import init_from_env, shutdown
 
     validate(cfg)
@@ -152,7 +137,7 @@ def _train(
     from tessera.training.methods import dataset_for, fit_size, loss_fn_for
     from tessera.viz import save_mae_grid
 
-    version = resolve_data_version(data_dir, given_version)
+    version = parse_data_version(given_version, "pretrain")
     torch.manual_seed(cfg.seed)
     model = build(cfg.arch, **model_overrides(cfg)).to(env.device)
     model_cfg = config_of(cfg.arch, **model_overrides(cfg))
@@ -252,11 +237,7 @@ def execute(
     cfg = section_of(Config, all_params, "pretrain")
     if fresh:
         cfg = dataclasses.replace(cfg, resume=False)
-    if data is None:
-        data_section = all_params.get("data") or {}
-        if not data_section.get("name"):
-            raise ConfigError("no --data given and no data.name in params: pass --data DIR")
-        data = str(Path(data_section.get("root", "data")) / data_section["name"])
+    data = data or str(data_folder(all_params))
     tracker = JsonTracker(Path(out) / "tracker.jsonl")
     metrics = run(cfg, data, out, tracker, data_version=data_version, progress=progress)
     print(json.dumps(metrics))
@@ -273,7 +254,7 @@ def cli(
     preset: str | None = typer.Option(None, "--preset", help="overlay params.<preset>.yaml (cpu, gpu)"),
     data: str | None = typer.Option(None, "--data", help="image folder (default: data/<data.name>)"),
     out: str = typer.Option("runs/pretrain", "--out", help="output folder"),
-    data_version: str | None = typer.Option(None, "--data-version", help="JSON text, JSON file or md5"),
+    data_version: str | None = typer.Option(None, "--data-version", help=DATA_VERSION_HELP),
     fresh: bool = typer.Option(False, "--fresh", help="ignore an existing checkpoint in --out"),
     no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
 ) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import typer
 
-from components.command import run_command
+from components.command import DATA_VERSION_HELP, parse_data_version, run_command
 
 SECTION = "generator"
 CHECKPOINT = "generator.pt"
@@ -33,6 +33,7 @@ CHECKPOINT = "generator.pt"
 class Config:
     """The ``generator`` section of ``params.yaml``."""
 
+    enabled: bool = True  # train a generator in the retrain flow (false: the release has none)
     epochs: int = 2  # passes; each is `steps_per_epoch` generator steps, then a checkpoint + FD/KID
     steps_per_epoch: int = 60  # 0 = one pass over the training images (N // batch_size steps)
     batch_size: int = 32  # images per D and per G step
@@ -67,15 +68,6 @@ def _device(name: str) -> Any:
     return torch.device(name)
 
 
-def _data_version(data_dir: Path) -> dict[str, Any] | None:
-    try:
-        from components import lineage
-
-        return dict(lineage.data_version(data_dir))
-    except Exception:  # not DVC-tracked, or no lineage adapter: the content hash keys the cache
-        return None
-
-
 def load_encoder(path: str | Path) -> tuple[Any, str, dict[str, Any]]:
     """An encoder checkpoint -> (model, arch, config); ModelError if it holds no ViT encoder."""
     from tessera import checkpoint
@@ -93,9 +85,18 @@ def load_encoder(path: str | Path) -> tuple[Any, str, dict[str, Any]]:
 
 
 def run(
-    cfg: Config, data_dir: str | Path, encoder_ckpt: str | Path, out_dir: str | Path, tracker: Any = None
+    cfg: Config,
+    data_dir: str | Path,
+    encoder_ckpt: str | Path,
+    out_dir: str | Path,
+    tracker: Any = None,
+    *,
+    data_version: str | dict[str, Any] | None,
 ) -> dict[str, float]:
-    """Train (or resume) the generator; return the metrics also written to ``out_dir/metrics.json``."""
+    """Train (or resume) the generator; return the metrics also written to ``out_dir/metrics.json``.
+
+    ``data_version`` (required) is the version of ``data_dir``, stamped in every checkpoint.
+    """
     import torch
 
     from tessera import checkpoint
@@ -110,6 +111,7 @@ def run(
     from tessera.generators.trainer import build_state, train_epoch
     from tessera.tracking import NullTracker
 
+    version = parse_data_version(data_version, "train-generator")
     tracker = tracker or NullTracker()
     out, t0 = Path(out_dir), time.time()
     grids = out / "grids"
@@ -206,7 +208,7 @@ def run(
                 bundle.state_dict(),
                 epoch=state.epoch,
                 step=state.step,
-                data_version=_data_version(Path(data_dir)),
+                data_version=version,
                 extra={
                     "train": state.to_dict(),
                     "settings": to_dict(cfg),
@@ -242,7 +244,13 @@ def run(
 
 
 def _run_from_params(
-    params: Path, preset: str | None, data: Path, encoder: Path, out: Path, progress: bool = True
+    params: Path,
+    preset: str | None,
+    data: Path,
+    encoder: Path,
+    out: Path,
+    data_version: str | None,
+    progress: bool = True,
 ) -> dict[str, float]:
     import dataclasses
 
@@ -252,7 +260,8 @@ def _run_from_params(
     cfg = section_of(Config, load_params(params, preset), SECTION)
     if not progress:
         cfg = dataclasses.replace(cfg, progress=False)
-    return run(cfg, data, encoder, out, tracker=JsonTracker(Path(out) / "tracker.jsonl"))
+    tracker = JsonTracker(Path(out) / "tracker.jsonl")
+    return run(cfg, data, encoder, out, tracker=tracker, data_version=data_version)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -267,12 +276,13 @@ def cli(
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file (section `generator`)."),
     preset: str | None = typer.Option(None, help="demo, cpu or gpu."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    data_version: str | None = typer.Option(None, "--data-version", help=DATA_VERSION_HELP),
 ) -> None:
     """Train the instance-conditioned GAN on a frozen encoder; writes generator.pt, metrics, grids."""
     from tessera.errors import TesseraError
 
     try:
-        metrics = _run_from_params(params, preset, data, encoder, out, progress=progress)
+        metrics = _run_from_params(params, preset, data, encoder, out, data_version, progress=progress)
     except TesseraError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e

@@ -29,8 +29,8 @@ SECTIONS: dict[str, str] = {
     "generator": "components.train_generator:Config",
     "adapt": "components.adapt:Config",
     "evaluate": "components.evaluate:Config",
-    "promote": "components.promotion:Config",
-    "mlflow": "components.tracking:Config",
+    "promote": "lifecycle.promotion:Config",
+    "mlflow": "lifecycle.tracking:Config",
     "serve": "serving.package:Config",
 }
 
@@ -100,7 +100,7 @@ def config_reference() -> str:
 def cli_reference() -> str:
     import typer.main
 
-    from components.cli import app
+    from cli.main import app
 
     root = typer.main.get_command(app)
     lines: list[str] = []

@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.exceptions import MissingContextError
 
 from serving import management, package, server
+from tessera.names import BUNDLES
 
 
 @task(retries=2, retry_delay_seconds=3)
@@ -67,7 +68,7 @@ def make_default(home: str, name: str, version: str, keep: int, previous: str | 
 
 @flow(name="deploy")
 def deploy(
-    model: str = "tessera-encoder",
+    model: str = BUNDLES["encoder"],
     alias: str = "champion",
     checkpoint: str | None = None,
     version: str | None = None,
@@ -140,7 +141,7 @@ def rollback(
             done.append(name)
         moved: dict[str, Any] = {}
         if registry:
-            from serving import release
+            from lifecycle import release
 
             anchor = names[0]
             moved = release.move_champion(anchor, moves[anchor][1], reason)
@@ -158,7 +159,7 @@ if __name__ == "__main__":  # python -m flows.deploy models:/tessera-encoder@cha
     import sys
 
     uri = sys.argv[1] if len(sys.argv) > 1 else "models:/tessera-encoder@champion"
-    from serving.release import parse
+    from lifecycle.release import parse
 
     name, ref = parse(uri)
     print(deploy(model=name, alias=ref))

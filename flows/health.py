@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from components import tracking
+from lifecycle import tracking
 
 
 @flow(name="health", log_prints=True)

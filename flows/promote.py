@@ -1,6 +1,6 @@
 """The ``promote`` flow: run the gate on the challenger release and record the decision.
 
-Thin: the gate, the lock and the alias moves live in ``components/promotion.py``; this flow adds the
+Thin: the gate, the lock and the alias moves live in ``lifecycle/promotion.py``; this flow adds the
 champion's re-evaluation on the current data (the evaluate component), a Prefect markdown artifact
 with the decision and its numbers, and the command-line entry ``tessera flows promote``.
 """
@@ -15,7 +15,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from components import promotion, tracking
+from components.command import data_folder
+from lifecycle import promotion, tracking
 from tessera.config import load_params, section_of
 
 DECISION_KEY = "promotion-decision"
@@ -50,8 +51,8 @@ def promote_flow(
     from tessera.config import deep_merge
 
     params = deep_merge(load_params(Path(root) / params_path, preset), overrides or {})
-    name = params.get("data", {}).get("name", "digits")
-    data, corrupted = Path(root) / "data" / name, Path(root) / "data" / f"{name}-c"
+    data = Path(root) / data_folder(params)
+    corrupted = data.with_name(f"{data.name}-c")
     decision = promotion.promote(
         release,
         section_of(promotion.Config, params, "promote"),

@@ -10,7 +10,6 @@ parameters, unless ``force``.
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -18,21 +17,15 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from components import tracking
+from components import data as data_step
+from components import train_generator
 from flows import report, tasks
 from flows.promote import promote_flow
+from lifecycle import tracking
 from tessera.config import deep_merge, load_params, section_of, to_dict
 
 FAULT_ENV = "TESSERA_FAULT_EXIT_AFTER"  # fault injection for tests: hard-exit after this step
 LINEAGE_SECTIONS = ("data", "pretrain", "generator", "adapt", "evaluate")
-
-
-def _has_component(step: str) -> bool:
-    try:
-        module = importlib.import_module(f"components.{tasks.STEPS[step][0]}")
-    except ImportError:
-        return False
-    return hasattr(module, "run") and hasattr(module, "Config")
 
 
 def _step(
@@ -81,8 +74,9 @@ def retrain(
     rootp = Path(root).resolve()
     params = deep_merge(load_params(rootp / params_path, preset), overrides or {})
     mlflow_cfg = section_of(tracking.Config, params, "mlflow")
-    name = params.get("data", {}).get("name", "digits")
-    data_rel, corrupted_rel = f"data/{name}", f"data/{name}-c"
+    data_cfg = section_of(data_step.Config, params, "data")
+    data_rel = str(Path(data_cfg.root) / data_cfg.name)
+    corrupted_rel = f"{data_rel}-c"
     version = tasks.check_data(str(rootp), data_rel, corrupted_rel)
     params_hash = tasks.stable_hash({k: params.get(k) for k in LINEAGE_SECTIONS})
     champion = tasks.champion_lineage(to_dict(mlflow_cfg))
@@ -130,7 +124,7 @@ def retrain(
         results["pretrain"] = _step("pretrain", params, {"data": data}, [], ctx)
         encoder = results["pretrain"]["checkpoint"]
         up = [results["pretrain"]["key"]]
-        if _has_component("generator") and params.get("generator", {}).get("enabled", True) is not False:
+        if section_of(train_generator.Config, params, "generator").enabled:
             results["generator"] = _step("generator", params, {"data": data, "encoder": encoder}, up, ctx)
         results["adapt"] = _step("adapt", params, {"data": data, "encoder": encoder}, up, ctx)
         classifier = results["adapt"]["checkpoint"]
@@ -172,17 +166,14 @@ def retrain(
 
 def _deploy(versions: dict[str, str]) -> dict[str, Any]:
     """Serve the new champion: the serving layer's deploy flow, once per bundle, if TorchServe runs."""
+    from flows.deploy import deploy
+    from serving import server
+
     log = get_run_logger()
-    try:
-        from flows.deploy import deploy
-        from serving import server
-    except ImportError:
-        log.info("flows.deploy is not available: the champion is registered, not served")
-        return {}
     if not server.status(server.DEFAULT_HOME).get("running"):
         log.info("no TorchServe running (tessera serve up): the champion is registered, not served")
         return {}
-    from components import registry
+    from lifecycle import registry
 
     return {
         registry.BUNDLES[kind]: deploy(model=registry.BUNDLES[kind], alias="champion") for kind in versions
@@ -191,7 +182,7 @@ def _deploy(versions: dict[str, str]) -> dict[str, Any]:
 
 def demo(preset: str | None = None, force: bool = False, deploy: bool = True) -> dict[str, Any]:
     """Run ``retrain`` on the active params and return where to look (for ``tessera demo``)."""
-    from components import registry
+    from lifecycle import registry
 
     summary = retrain(preset=preset, force=force, deploy=deploy)
     client = tracking.client(section_of(tracking.Config, load_params("params.yaml", preset), "mlflow"))

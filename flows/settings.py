@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from components.tracking import workspace
+from lifecycle.tracking import workspace
 
 DB_ENV = "TESSERA_PREFECT_DB_URL"
 # Seconds Prefect waits for its ephemeral (local, in-process) server. Prefect's default, 20 s, is

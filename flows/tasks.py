@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from components import registry, tracking
+from lifecycle import registry, tracking
 from tessera.config import section_of
 
 # step -> (module in components/, params section, checkpoint it writes, positional inputs)
@@ -27,6 +27,7 @@ STEPS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "adapt": ("adapt", "adapt", "classifier.pt", ("data", "encoder")),
     "evaluate": ("evaluate", "evaluate", "", ("data", "corrupted", "classifier")),
 }
+STAMPS_DATA_VERSION = {"pretrain", "generator", "adapt"}  # steps whose checkpoint carries it
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,7 +62,7 @@ def _by_key(_ctx: Any, arguments: dict[str, Any]) -> str:
 @task(retries=2, retry_delay_seconds=2)
 def check_data(root: str, data_dir: str, corrupted_dir: str) -> dict[str, Any]:
     """DVC: pull what the workspace lacks, stop on tampering, return the data version."""
-    from components import lineage
+    from lifecycle import lineage
 
     log = get_run_logger()
     data, corrupted = Path(root) / data_dir, Path(root) / corrupted_dir
@@ -69,10 +70,9 @@ def check_data(root: str, data_dir: str, corrupted_dir: str) -> dict[str, Any]:
     if missing:
         log.info("workspace lacks %s: dvc pull", [str(p) for p in missing])
         lineage.pull([str(p) for p in missing], cwd=root)
-    for path in (data, corrupted):
-        lineage.check_unchanged(path)  # DataError naming the changed files
-    version = lineage.data_version(data)
-    version["corrupted_md5"] = lineage.data_version(corrupted)["md5"]
+    # The one place a flow run computes the data version (one hash per folder): every step is given it.
+    version = lineage.check_unchanged(data)  # DataError naming the changed files
+    version["corrupted_md5"] = lineage.check_unchanged(corrupted)["md5"]
     log.info("data version %s (%s files)", version["md5"], version.get("files"))
     return dict(version)
 
@@ -128,7 +128,8 @@ def run_step(
         tracker.log_params({section: params.get(section, {})})
         tracker.log_dataset(data_version, data_path, name=Path(data_path).name)
         t0 = time.perf_counter()
-        metrics = module.run(cfg, *[inputs[name] for name in wanted], out, tracker=tracker)
+        stamp = {"data_version": data_version} if step in STAMPS_DATA_VERSION else {}
+        metrics = module.run(cfg, *[inputs[name] for name in wanted], out, tracker=tracker, **stamp)
         seconds = time.perf_counter() - t0  # the component's own compute, for the overhead figure
         tracker.log_metrics({k: float(v) for k, v in metrics.items() if _is_number(v)}, step=0)
         tracker.log_outputs(out)

@@ -59,13 +59,11 @@ def kind_of(arch: str) -> str:
     return "encoder"
 
 
-def model_config(cfg: Config, kind: str, data_version: str | None = None) -> dict[str, Any]:
+def model_config(cfg: Config, kind: str) -> dict[str, Any]:
     """The archive's ``model-config.yaml``: TorchServe's keys plus the handler's ``handler:`` section."""
     handler: dict[str, Any] = {"max_images": cfg.max_images, "max_pixels": cfg.max_pixels}
     if cfg.torch_threads > 0:
         handler["torch_threads"] = cfg.torch_threads
-    if data_version:
-        handler["data_version"] = data_version
     if kind == "ttt_classifier":
         handler.update(
             max_steps=cfg.ttt_max_steps,
@@ -100,7 +98,6 @@ def package(
     version: str | int,
     store: str | Path,
     cfg: Config | None = None,
-    data_version: str | None = None,
     inpaint_model: str | Path | None = None,
 ) -> Path:
     """Build ``store/<name>.v<version>.mar`` from a checkpoint with torch-model-archiver.
@@ -117,7 +114,7 @@ def package(
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tessera-mar-") as tmp:
         conf = Path(tmp) / "model-config.yaml"
-        conf.write_text(yaml.safe_dump(model_config(cfg, kind, data_version), sort_keys=False))
+        conf.write_text(yaml.safe_dump(model_config(cfg, kind), sort_keys=False))
         # the archive names its checkpoint model.pt whatever the source file was called
         serialized = Path(tmp) / "model.pt"
         shutil.copyfile(ckpt_path, serialized)
@@ -163,7 +160,7 @@ def package_uri(
     A generator is packaged with the MAE of its own release for inpainting unless ``inpaint_model``
     (a checkpoint path or another model URI) says otherwise.
     """
-    from serving import release
+    from lifecycle import release
 
     with tempfile.TemporaryDirectory(prefix="tessera-ckpt-") as tmp:
         ref = release.resolve(uri, Path(tmp) / "model")
@@ -172,15 +169,15 @@ def package_uri(
             mae = release.sibling(ref, "encoder")
         if mae is not None and mae.startswith("models:/"):
             mae = str(release.resolve(mae, Path(tmp) / "mae").path)
-        mar = package(
-            ref.path, ref.name, ref.version, store, cfg, data_version=ref.data_version, inpaint_model=mae
-        )
+        mar = package(ref.path, ref.name, ref.version, store, cfg, inpaint_model=mae)
     return mar, ref.name, ref.version
 
 
 def kind_of_name(name: str) -> str:
     """The handler kind of a registered bundle name (tessera-encoder, -ttt-classifier, -generator)."""
-    return {"tessera-ttt-classifier": "ttt_classifier", "tessera-generator": "generator"}.get(name, "encoder")
+    from tessera.names import BUNDLES
+
+    return {BUNDLES["classifier"]: "ttt_classifier", BUNDLES["generator"]: "generator"}.get(name, "encoder")
 
 
 def config_from_params(params: dict[str, Any]) -> Config:

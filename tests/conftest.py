@@ -1,17 +1,19 @@
-"""Shared test settings: CPU only, no telemetry, deterministic seeds, the gpu marker."""
+"""Shared test settings: no telemetry, deterministic seeds, the gpu marker, and the GPU hidden from
+every test that is not marked ``gpu`` (those must give the CPU's answers, as CI has no GPU)."""
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import contextlib  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -48,14 +50,63 @@ def pg_uri() -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    global _REAL_IS_AVAILABLE
     import torch
 
+    _REAL_IS_AVAILABLE = torch.cuda.is_available  # before any fixture hides the GPU
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+_REAL_CUDA_ENV = os.environ.get("CUDA_VISIBLE_DEVICES")  # what the machine shows, before any hiding
+_REAL_IS_AVAILABLE: Any = None  # torch.cuda.is_available, kept at collection time
+
+
+@contextlib.contextmanager
+def _cuda_visible(visible: bool) -> Iterator[None]:
+    """Show or hide the GPU: to torch in this process (``torch.cuda.is_available``) and to every
+    process started meanwhile (servers, workers, subprocess steps), through ``CUDA_VISIBLE_DEVICES``."""
+    import torch
+
+    saved_env, saved_fn = os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.is_available
+    if visible:
+        if _REAL_CUDA_ENV is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = _REAL_CUDA_ENV
+        torch.cuda.is_available = _REAL_IS_AVAILABLE  # type: ignore[assignment]
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        torch.cuda.is_available = lambda: False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.cuda.is_available = saved_fn  # type: ignore[assignment]
+        if saved_env is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved_env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_for_the_session() -> Iterator[None]:
+    """Everything runs on the CPU (CI has no GPU; the figures tests compare are the CPU's) ..."""
+    with _cuda_visible(False):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _gpu_for_gpu_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """... except the tests marked ``gpu``, which see the GPU (and are skipped without one)."""
+    if "gpu" not in request.keywords:
+        yield
+        return
+    with _cuda_visible(True):
+        yield
 
 
 @pytest.fixture(autouse=True)

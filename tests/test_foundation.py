@@ -81,7 +81,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path: Path) -> None:
 def _commands(prefix: list[str]) -> list[list[str]]:
     import typer.main
 
-    from components.cli import app
+    from cli.main import app
 
     click_app = typer.main.get_command(app)
     out: list[list[str]] = []
@@ -98,7 +98,7 @@ def _commands(prefix: list[str]) -> list[list[str]]:
 def test_every_subcommand_has_help() -> None:
     from typer.testing import CliRunner
 
-    from components.cli import app
+    from cli.main import app
 
     runner = CliRunner()
     commands = _commands([])
@@ -132,3 +132,28 @@ def test_readme_quickstart_has_exactly_two_commands() -> None:
     block = text.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
     assert commands == ["make demo", "make test"]
+
+
+def test_shared_names_load_without_torch_and_have_one_source() -> None:
+    """Names and defaults live in tessera.names alone; the steps' configs read it without torch."""
+    code = (
+        "import sys; import tessera.names, components.data, components.evaluate, components.adapt;"
+        "import components.pretrain, cli.main;"
+        "print(sorted(m for m in ('torch', 'numpy', 'mlflow', 'prefect') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+    from components import adapt, data, evaluate
+    from lifecycle import registry
+    from tessera import corruptions, names
+    from tessera.adapt import evaluation
+    from tessera.adapt.test_time import TTTSettings
+
+    assert data.CorruptConfig().corruptions is names.CORRUPTIONS is corruptions.CORRUPTIONS
+    assert evaluate.ALL_METHODS is names.EVAL_METHODS is evaluation.METHODS
+    assert registry.BUNDLES is names.BUNDLES
+    ttt = TTTSettings()
+    assert (ttt.steps, ttt.copies, ttt.lr, ttt.momentum, ttt.mask_ratio) == tuple(
+        names.TTT_DEFAULTS[k] for k in ("steps", "copies", "lr", "momentum", "mask_ratio")
+    )
+    assert adapt.ttt_defaults(adapt.Config()) == names.TTT_DEFAULTS

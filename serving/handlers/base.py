@@ -80,7 +80,7 @@ class TesseraHandler(BaseHandler):
         self.stamp = {
             "model": context.model_name,
             "model_version": str(self.manifest["model"].get("modelVersion", "")),
-            "data_version": self.settings.get("data_version") or _data_version(self.ckpt),
+            "data_version": _data_version(self.ckpt),  # the checkpoint's stamp, the one source
             "arch": self.ckpt["arch"],
         }
         self.setup()

@@ -39,13 +39,15 @@ class TTTClassifierHandler(TesseraHandler):
 
         clf: Any = self.model  # a TTTClassifier (tessera.adapt.heads)
         require_decoder(clf)
-        ttt: dict[str, Any] = dict((self.ckpt.get("extra") or {}).get("ttt") or {})
+        from tessera.names import ttt_defaults
+
+        ttt = ttt_defaults((self.ckpt.get("extra") or {}).get("ttt"))  # the checkpoint's, else the defaults
         s = self.settings
-        self.steps = int(s.get("steps", ttt.get("steps", 20)))
-        self.copies = int(s.get("copies", ttt.get("copies", 16)))
-        self.lr = float(s.get("lr", ttt.get("lr", 5e-3)))
-        self.momentum = float(ttt.get("momentum", 0.9))
-        self.mask_ratio = float(s.get("mask_ratio", ttt.get("mask_ratio", 0.75)))
+        self.steps = int(s.get("steps", ttt["steps"]))
+        self.copies = int(s.get("copies", ttt["copies"]))
+        self.lr = float(s.get("lr", ttt["lr"]))
+        self.momentum = float(ttt["momentum"])
+        self.mask_ratio = float(s.get("mask_ratio", ttt["mask_ratio"]))
         self.max_steps = max(int(s.get("max_steps", 50)), self.steps)
         self.max_copies = max(int(s.get("max_copies", 64)), self.copies)
         self.online = bool(s.get("online", False))

@@ -1,7 +1,7 @@
 """The ``tracker`` callback that components report through.
 
 The core library never imports MLflow: a step receives any object with these two methods. Flows pass
-an MLflow-backed tracker (``components/tracking.py``); the command line passes :class:`JsonTracker`
+an MLflow-backed tracker (``lifecycle/tracking.py``); the command line passes :class:`JsonTracker`
 or nothing.
 """
 

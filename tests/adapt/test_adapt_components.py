@@ -9,16 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from components import adapt as adapt_step
 from components import evaluate as eval_step
 from tessera import checkpoint
-from tessera.adapt.heads import ARCH
+from tessera.adapt.evalset import fit_size, load_subset
+from tessera.adapt.heads import ARCH, TTTClassifier
+from tessera.adapt.metrics import ci95_halfwidth, summarize
+from tessera.adapt.probe import predict
 from tessera.errors import ConfigError, DataError, ModelError
 
 Adapted = tuple[Path, dict[str, float]]
+DV = {"md5": "a1b2c3d4.dir", "files": 10, "size": 100}  # the version of the adapt data, not the encoder's
 EVAL = eval_step.Config(
     per_cell=4, clean_subset=10, ttt_steps=2, ttt_copies=2, rotation_steps=1, batch_size=4, progress=False
 )
@@ -30,7 +33,7 @@ def adapted(
 ) -> tuple[Path, dict[str, float]]:
     out = tmp_path_factory.mktemp("adapt-out")
     cfg = adapt_step.Config(methods=("linear", "knn", "finetune"), epochs=40, finetune_epochs=1, ttt_steps=3)
-    return out, adapt_step.run(cfg, digits_dirs[0], encoder_path, out)
+    return out, adapt_step.run(cfg, digits_dirs[0], encoder_path, out, data_version=DV)
 
 
 def test_adapt_writes_classifier_knn_finetune_and_metrics(adapted: tuple[Path, dict[str, float]]) -> None:
@@ -42,6 +45,7 @@ def test_adapt_writes_classifier_knn_finetune_and_metrics(adapted: tuple[Path, d
     assert expected <= set(metrics)
     ckpt = checkpoint.load(out / "classifier.pt", arch=ARCH)
     assert ckpt["classes"] == [f"digit_{i}" for i in range(10)]
+    assert ckpt["data_version"] == DV  # its own data's version, as given (not copied from the encoder)
     assert ckpt["extra"]["ttt"] == {"steps": 3, "copies": 16, "lr": 5e-3, "mask_ratio": 0.75, "momentum": 0.9}
     assert ckpt["config"]["backbone_arch"] == "mae_vit_micro_patch4" and ckpt["config"]["num_classes"] == 10
     assert checkpoint.load(out / "finetuned.pt", arch=ARCH)["extra"]["method"] == "finetune"
@@ -59,6 +63,19 @@ def test_registry_rebuilds_the_classifier_without_importing_tessera_adapt(
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["TTTClassifier", "True"]
+
+
+def _frozen_accuracy(model: TTTClassifier, split: Path, classes: list[str], size: int) -> float:
+    """Accuracy of the unadapted classifier on the subset that components.evaluate draws (seed 0)."""
+    x, y = load_subset(split, classes, size, EVAL.seed)
+    return summarize(predict(model, fit_size(x, model.encoder.img_size)).argmax(1), y)["accuracy"]
+
+
+def _assert_count_and_wilson(acc: float, n: int, ci95: float) -> None:
+    """``acc`` is k/n for a whole k, and ``ci95`` is the Wilson half-width of k out of n."""
+    k = round(acc * n)
+    assert acc == pytest.approx(k / n, abs=1e-12) and 0 <= k <= n
+    assert ci95 == pytest.approx(ci95_halfwidth(k, n), abs=1e-12)
 
 
 def test_evaluate_writes_every_key_plot_and_table(
@@ -85,13 +102,23 @@ def test_evaluate_writes_every_key_plot_and_table(
     )
     m = json.loads((out / "metrics.json").read_text())
     assert m["clean/n"] == 100 and m["clean/accuracy"] > 0.5
+    # the frozen scores, recomputed here from the same seeded subsets, must be the reported ones
+    model, _, classes = eval_step.load_classifier(adapted[0] / "classifier.pt", data)
+    expected = {"clean/frozen/accuracy": _frozen_accuracy(model, data / "test", classes, 10)}
+    for c in ("gaussian_noise", "contrast"):
+        for s in ("1", "3"):
+            expected[f"corrupted/frozen/{c}/{s}"] = _frozen_accuracy(model, cdata / c / s, classes, 4)
+    assert {k: m[k] for k in expected} == expected
+    assert expected["clean/frozen/accuracy"] >= 0.3  # 10 classes: chance is 0.1 (measured 0.6)
     for method in eval_step.ALL_METHODS:
-        assert m[f"clean/{method}/n"] == 10 and 0 <= m[f"clean/{method}/accuracy"] <= 1
+        assert m[f"clean/{method}/n"] == 10
+        _assert_count_and_wilson(m[f"clean/{method}/accuracy"], 10, m[f"clean/{method}/ci95"])
         assert m[f"corrupted/{method}/n"] == 4 * 4  # 2 corruptions x 2 severities x 4 images
         for c in ("gaussian_noise", "contrast"):
             for s in ("1", "3"):
                 key = f"corrupted/{method}/{c}/{s}"
-                assert m[f"{key}/n"] == 4 and 0 <= m[key] <= 1 and m[f"{key}/ci95"] > 0
+                assert m[f"{key}/n"] == 4
+                _assert_count_and_wilson(m[key], 4, m[f"{key}/ci95"])
         cells = [m[f"corrupted/{method}/{c}/{s}"] for c in ("gaussian_noise", "contrast") for s in ("1", "3")]
         assert m[f"corrupted/{method}/mean_accuracy"] == pytest.approx(sum(cells) / 4)
         assert m[f"cost/{method}/seconds_per_image"] > 0
@@ -145,7 +172,7 @@ def test_ttt_mae_on_a_classifier_without_decoder_is_refused(
     enc = tmp_path / "simclr.pt"
     arch = "simclr_vit_micro_patch4"
     checkpoint.save(checkpoint.make(arch, registry.config_of(arch), registry.build(arch).state_dict()), enc)
-    adapt_step.run(adapt_step.Config(epochs=2), digits_dirs[0], enc, tmp_path / "a")
+    adapt_step.run(adapt_step.Config(epochs=2), digits_dirs[0], enc, tmp_path / "a", data_version=DV)
     with pytest.raises(ModelError, match="pretrain.method: mae"):
         eval_step.run(EVAL, digits_dirs[0], digits_dirs[1], tmp_path / "a" / "classifier.pt", tmp_path / "o")
 
@@ -154,14 +181,12 @@ def test_unknown_keys_and_methods_are_config_errors(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"adapt": {"epochz": 3}}))
     with pytest.raises(ConfigError, match="epochz"):
-        adapt_step.execute(str(params), None, str(tmp_path), str(tmp_path / "e.pt"), str(tmp_path / "o"))
+        adapt_step.execute(
+            str(params), None, str(tmp_path), str(tmp_path / "e.pt"), str(tmp_path / "o"), None
+        )
     with pytest.raises(ConfigError, match="knn2"):
         adapt_step.validate(adapt_step.Config(methods=("knn2",)))
-    assert torch.is_tensor(torch.zeros(1))
-
-
-def test_the_cli_list_of_methods_is_the_librarys() -> None:
-    """components.evaluate keeps its own copy (so --help needs no torch); it must not drift."""
-    from tessera.adapt.evaluation import METHODS
-
-    assert eval_step.ALL_METHODS == METHODS
+    with pytest.raises(ConfigError, match="adapt.epochs"):
+        adapt_step.validate(adapt_step.Config(epochs=0))
+    with pytest.raises(ConfigError, match="knn_k"):
+        adapt_step.validate(adapt_step.Config(knn_k=0))

@@ -20,7 +20,7 @@ from PIL import Image
 from components.pretrain import Config, run
 from tessera import checkpoint
 from tessera.config import ConfigError, load_params, section_of
-from tessera.errors import CheckpointError
+from tessera.errors import CheckpointError, DataError
 from tessera.models import embed, from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,12 +97,10 @@ def test_mae_run_writes_checkpoint_metrics_grids_and_reports(data: Path, tmp_pat
 def test_contrastive_methods_run_through_the_same_component(method: str, data: Path, tmp_path: Path) -> None:
     cfg = Config(method=method, arch=f"{method}_vit_micro_patch4", epochs=1, batch_size=16)
     tracker = ListTracker()
-    metrics = run(cfg, data, tmp_path, tracker, progress=False)  # data version computed as DVC does
+    metrics = run(cfg, data, tmp_path, tracker, data_version=json.dumps(VERSION), progress=False)
     assert metrics["steps"] == 5 and tracker.artifacts == []  # grids are MAE's
     ckpt = checkpoint.load(tmp_path / "encoder.pt", arch=f"{method}_vit_micro_patch4")
-    from components.lineage import data_version
-
-    assert ckpt["data_version"] == data_version(data) and len(ckpt["data_version"]["md5"]) == 36  # md5.dir
+    assert ckpt["data_version"] == VERSION  # stamped as given (JSON text here)
     model = from_checkpoint(ckpt)
     assert embed(model, torch.rand(2, 3, 32, 32)).shape == (2, 64)
 
@@ -113,9 +111,24 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mask_ration"):
         section_of(Config, load_params(params), "pretrain")
     with pytest.raises(ConfigError, match="not a simclr model"):
-        run(Config(method="simclr", arch="mae_vit_micro_patch4"), tmp_path, tmp_path / "o")
+        run(
+            Config(method="simclr", arch="mae_vit_micro_patch4"),
+            tmp_path,
+            tmp_path / "o",
+            data_version=VERSION,
+        )
     with pytest.raises(ConfigError, match="method"):
-        run(Config(method="dino"), tmp_path, tmp_path / "o")
+        run(Config(method="dino"), tmp_path, tmp_path / "o", data_version=VERSION)
+
+
+def test_a_step_without_a_data_version_refuses_to_write_a_model(data: Path, tmp_path: Path) -> None:
+    cfg = Config(arch="mae_vit_micro_patch4", epochs=1, batch_size=16, grid_every=0)
+    for missing in (None, "", {"files": 3}):
+        with pytest.raises(DataError, match="data version"):
+            run(cfg, data, tmp_path, data_version=missing, progress=False)
+    assert not (tmp_path / "encoder.pt").exists()
+    run(cfg, data, tmp_path, data_version="0123abcd.dir", progress=False)  # a bare md5 is enough
+    assert checkpoint.load(tmp_path / "encoder.pt")["data_version"] == {"md5": "0123abcd.dir"}
 
 
 def test_rerun_refuses_other_arch_changed_settings_and_corrupt_files(data: Path, tmp_path: Path) -> None:
@@ -124,7 +137,13 @@ def test_rerun_refuses_other_arch_changed_settings_and_corrupt_files(data: Path,
     again = run(cfg, data, tmp_path, data_version=VERSION, progress=False)  # finished: nothing to train
     assert again["steps"] == 5
     with pytest.raises(CheckpointError, match="holds a 'mae_vit_micro_patch4'.*delete"):
-        run(Config(method="byol", arch="byol_vit_micro_patch4", epochs=1), data, tmp_path, progress=False)
+        run(
+            Config(method="byol", arch="byol_vit_micro_patch4", epochs=1),
+            data,
+            tmp_path,
+            data_version=VERSION,
+            progress=False,
+        )
     with pytest.raises(CheckpointError, match=r"\['lr'\] differ"):
         run(
             Config(arch="mae_vit_micro_patch4", epochs=1, batch_size=16, lr=0.1),

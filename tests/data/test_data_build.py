@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from components import data as data_step
-from components.lineage import data_version
+from lifecycle.lineage import data_version
 from tessera.corruptions.suite import corrupt_dataset
 from tessera.data.embedded import PHOTO_SOURCES, build_embedded, package_file
 from tessera.data.folder import load_split, load_unlabeled

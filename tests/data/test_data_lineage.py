@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from components import lineage
+from lifecycle import lineage
 from tessera.data.images import save_png
 from tessera.errors import DataError
 

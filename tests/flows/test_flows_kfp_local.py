@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import pipeline, registry, tracking
+from flows import kfp_pipeline as pipeline
+from lifecycle import lineage, registry, tracking
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +32,8 @@ def test_compiled_pipeline_yaml_is_current_and_requests_gpus(
     for ex in executors.values():
         if "container" in ex:
             assert ex["container"]["image"] == pipeline.DEFAULT_IMAGE
-            assert ex["container"]["command"][:2] == ["python", "-m"]
+            # the steps as `python -m components.<step>`; registration is the CLI's (`tessera registry`)
+            assert ex["container"]["command"][:2] in (["python", "-m"], ["tessera", "registry"])
     tasks = spec["root"]["dag"]["tasks"]
     assert all(
         t.get("retryPolicy", {}).get("maxRetryCount") == 2 for n, t in tasks.items() if "importer" not in n
@@ -42,15 +44,18 @@ def test_compiled_pipeline_yaml_is_current_and_requests_gpus(
 def test_lightweight_pipeline_runs_end_to_end_under_kfp_local(
     tiny_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from components.pipeline_local import run_local
+    from flows.kfp_local import run_local
     from tessera.config import load_params
 
     monkeypatch.setenv("TESSERA_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.delenv("TESSERA_MLFLOW_URI", raising=False)
     params = load_params(tiny_project / "params.yaml")
     data = tiny_project / "data"
-    out = run_local(params, data / "tiny", data / "tiny-c", tmp_path / "kfp")
+    version = lineage.version_for(data / "tiny")  # what `tessera kfp run-local` hands the pipeline
+    out = run_local(params, data / "tiny", version, data / "tiny-c", tmp_path / "kfp")
     assert out["promoted"], out
     client = tracking.client()
     assert registry.release_of(client) == out["release"]
-    assert set(registry.release_versions(client, out["release"])) == {"encoder", "classifier", "generator"}
+    versions = registry.release_versions(client, out["release"])
+    assert set(versions) == {"encoder", "classifier", "generator"}
+    assert {mv.tags["data_version"] for mv in versions.values()} == {version["md5"]}  # the parameter's

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import lineage, registry, tracking
+from lifecycle import lineage, registry, release, tracking
+from tessera import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -30,6 +31,8 @@ def _check_release(summary: dict, project: Path) -> None:
     for kind in summary["versions"]:
         mv = registry.version_by_alias(client, kind, "champion")
         assert mv.tags["release"] == summary["mlflow_run_id"] and mv.tags["data_version"] == md5
+        ref = release.resolve(f"models:/{registry.BUNDLES[kind]}/{mv.version}")
+        assert checkpoint.load(ref.path)["data_version"]["md5"] == md5  # stamped by the step, as passed
 
 
 def _artifact(api_url: str, key: str) -> str:

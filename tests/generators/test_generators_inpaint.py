@@ -90,7 +90,7 @@ def test_whole_image_region_and_norm_pix_models_are_refused(tiny_mae: torch.nn.M
 def test_inpaint_cli_writes_before_and_after(encoder_ckpt: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from components.cli import app
+    from cli.main import app
 
     arr = shapes(1)[0]
     img = tmp_path / "in.png"

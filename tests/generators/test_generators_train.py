@@ -17,6 +17,8 @@ from tessera.errors import CheckpointError, ConfigError
 from tessera.generators import ICGAN
 from tessera.models import registry
 
+DV = {"md5": "0f0f0f0f.dir", "files": 1, "size": 1}  # the data version every run is given
+
 TINY = Config(
     epochs=2,
     steps_per_epoch=3,
@@ -52,7 +54,7 @@ class ListTracker:
 
 def test_run_writes_checkpoint_metrics_and_grids(tiny_data: Path, encoder_ckpt: Path, tmp_path: Path) -> None:
     tracker = ListTracker()
-    m = run(TINY, tiny_data, encoder_ckpt, tmp_path, tracker=tracker)
+    m = run(TINY, tiny_data, encoder_ckpt, tmp_path, tracker=tracker, data_version=DV)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == pytest.approx(m)
     for key in ("fd", "kid", "kid_std", "fd_initial", "n_real", "n_fake", "steps"):
@@ -85,11 +87,18 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
     tiny_data: Path, encoder_ckpt: Path, tmp_path: Path
 ) -> None:
     cfg = replace(TINY, epochs=3)
-    straight = run(cfg, tiny_data, encoder_ckpt, tmp_path / "a")
+    straight = run(cfg, tiny_data, encoder_ckpt, tmp_path / "a", data_version=DV)
     with pytest.raises(KeyboardInterrupt):  # dies during epoch 2, after epoch 1's checkpoint
-        run(cfg, tiny_data, encoder_ckpt, tmp_path / "b", tracker=ListTracker(fail_on="samples_epoch002.png"))
+        run(
+            cfg,
+            tiny_data,
+            encoder_ckpt,
+            tmp_path / "b",
+            tracker=ListTracker(fail_on="samples_epoch002.png"),
+            data_version=DV,
+        )
     assert checkpoint.load(tmp_path / "b" / "generator.pt")["epoch"] == 1
-    resumed = run(cfg, tiny_data, encoder_ckpt, tmp_path / "b")
+    resumed = run(cfg, tiny_data, encoder_ckpt, tmp_path / "b", data_version=DV)
     assert resumed["steps"] == straight["steps"] == 9
     assert resumed["fd"] == pytest.approx(straight["fd"], rel=1e-4, abs=1e-6)
     assert resumed["fd_initial"] == pytest.approx(straight["fd_initial"])
@@ -102,7 +111,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
 def test_resume_refuses_another_encoder_or_architecture(
     tiny_data: Path, encoder_ckpt: Path, tmp_path: Path
 ) -> None:
-    run(replace(TINY, epochs=1), tiny_data, encoder_ckpt, tmp_path / "o")
+    run(replace(TINY, epochs=1), tiny_data, encoder_ckpt, tmp_path / "o", data_version=DV)
     other = tmp_path / "other.pt"
     checkpoint.save(
         checkpoint.make(
@@ -111,9 +120,9 @@ def test_resume_refuses_another_encoder_or_architecture(
         other,
     )
     with pytest.raises(CheckpointError, match="another encoder"):
-        run(replace(TINY, epochs=2), tiny_data, other, tmp_path / "o")
+        run(replace(TINY, epochs=2), tiny_data, other, tmp_path / "o", data_version=DV)
     with pytest.raises(CheckpointError, match="model config"):
-        run(replace(TINY, epochs=2, g_ch=12), tiny_data, encoder_ckpt, tmp_path / "o")
+        run(replace(TINY, epochs=2, g_ch=12), tiny_data, encoder_ckpt, tmp_path / "o", data_version=DV)
 
 
 def test_params_section_and_main(tiny_data: Path, encoder_ckpt: Path, tmp_path: Path) -> None:
@@ -136,9 +145,12 @@ def test_params_section_and_main(tiny_data: Path, encoder_ckpt: Path, tmp_path: 
             "--out",
             str(tmp_path / "o"),
             "--no-progress",
+            "--data-version",
+            json.dumps(DV),
         ]
     )
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["steps"] == 2
+    assert checkpoint.load(tmp_path / "o" / "generator.pt")["data_version"] == DV
     assert (tmp_path / "o" / "tracker.jsonl").is_file()
 
 
@@ -159,6 +171,6 @@ def test_training_brings_generated_images_closer_to_the_data(
         eval_samples=48,
         kid_subset_size=24,
     )
-    m = run(cfg, tiny_data, encoder_ckpt, tmp_path)
+    m = run(cfg, tiny_data, encoder_ckpt, tmp_path, data_version=DV)
     assert m["steps"] == 180
     assert m["fd"] < 0.5 * m["fd_initial"], m

@@ -21,7 +21,7 @@ EXTERNAL = {"sh", "pg_isready"}  # provided by the base images
 def _tessera_paths() -> set[tuple[str, ...]]:
     import typer.main
 
-    from components.cli import app
+    from cli.main import app
 
     out: set[tuple[str, ...]] = set()
 
@@ -103,11 +103,19 @@ def test_prefect_yaml_entrypoints_exist_and_retrain_is_on_a_cron_schedule() -> N
 
 def test_kfp_yaml_runs_project_modules() -> None:
     spec = yaml.safe_load((ROOT / "infra" / "kfp" / "retrain.yaml").read_text())
-    for ex in spec["deploymentSpec"]["executors"].values():
-        if "container" in ex:
-            importlib.import_module(ex["container"]["command"][2])
+    executors = spec["deploymentSpec"]["executors"].values()
+    commands = [ex["container"]["command"] for ex in executors if "container" in ex]
+    steps = [c[2] for c in commands if c[:2] == ["python", "-m"]]
+    assert sorted(steps) == sorted(
+        f"components.{s}" for s in ("pretrain", "train_generator", "adapt", "evaluate")
+    )
+    for module in steps:
+        importlib.import_module(module)
     reg = spec["deploymentSpec"]["executors"]["exec-register"]["container"]
+    assert reg["command"] == ["tessera", "registry"]  # the registration is the CLI's (lifecycle adapters)
     assert reg["args"][0] in {c for p in _tessera_paths() if p[:1] == ("registry",) for c in p[1:]}
+    pretrain = spec["deploymentSpec"]["executors"]["exec-pretrain"]["container"]
+    assert "--data-version" in pretrain["args"]  # the pipeline parameter reaches the step
 
 
 def test_the_wheel_carries_the_files_the_code_reads_at_run_time(tmp_path: Path) -> None:

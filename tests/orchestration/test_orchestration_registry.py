@@ -13,14 +13,25 @@ import numpy as np
 import pytest
 import torch
 
-from components import promotion, registry, tracking
+from lifecycle import promotion, registry, release, tracking
 
 ROOT = Path(__file__).resolve().parents[2]
 GATE_KEYS = ("clean/accuracy", "corrupted/ttt_mae_episodic/mean_accuracy")
 
 
+def _stamped(ckpt: Path, data_md5: str) -> Path:
+    """A copy of ``ckpt`` trained, as it says, on data ``data_md5`` (the registry copies the stamp)."""
+    from tessera import checkpoint
+
+    path = ckpt.with_name(f"{ckpt.stem}-{data_md5}.pt")
+    if not path.is_file():
+        checkpoint.save({**checkpoint.load(ckpt), "data_version": {"md5": data_md5}}, path)
+    return path
+
+
 def _release(ckpt: Path, clean: float, corrupted: float, data_md5: str = "d0.dir") -> str:
     """A parent run with evaluation metrics and the bundles registered as challenger."""
+    ckpt = _stamped(ckpt, data_md5)
     client = tracking.client()
     run_id = tracking.start_run(client, tracking.experiment_id(client), "retrain")
     metrics = dict(zip(GATE_KEYS, (clean, corrupted), strict=True))
@@ -64,14 +75,16 @@ def test_bundle_loads_back_with_its_methods(sqlite_ws: Path, mae_ckpt: Path) -> 
     from tessera.models import embed, from_checkpoint
 
     _release(mae_ckpt, 0.5, 0.4)
-    bundle = registry.load_bundle(tracking.client(), "encoder", "challenger")
+    client = tracking.client()
+    bundle = registry.load_bundle(client, "encoder", "challenger")
     model = bundle.unwrap_python_model().model
     assert hasattr(model, "forward_encoder") and hasattr(model, "unpatchify")
     x = torch.rand(3, 3, 32, 32)
     expected = embed(from_checkpoint(checkpoint.load(mae_ckpt)), x).numpy()
     np.testing.assert_allclose(bundle.predict(x.numpy()), expected, rtol=1e-5, atol=1e-6)
-    ref = registry.checkpoint_of("models:/tessera-encoder@challenger")
-    assert ref.version == "1" and ref.data_version == "d0.dir"
+    ref = release.resolve("models:/tessera-encoder@challenger")
+    assert ref.version == "1"
+    assert client.get_model_version("tessera-encoder", "1").tags["data_version"] == "d0.dir"
     assert checkpoint.load(ref.path)["arch"] == "mae_vit_micro_patch4"
 
 
@@ -156,7 +169,7 @@ def test_two_concurrent_promotions_leave_exactly_one_winner(backend: str, mae_ck
 
 def test_the_promotion_lock_holds_across_processes(sqlite_ws: Path) -> None:
     code = (
-        "import sys, time; from components import promotion\n"
+        "import sys, time; from lifecycle import promotion\n"
         "with promotion.promotion_lock():\n    print('locked', flush=True); time.sleep(3)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -38,19 +38,17 @@ def as_tensor(data: bytes) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255.0)  # (3, H, W)
 
 
-def encoder_checkpoint(path: Path, seed: int) -> Path:
+def encoder_checkpoint(path: Path, seed: int, data_version: dict | None = None) -> Path:
     torch.manual_seed(seed)
     model = build(ENCODER)
-    ckpt = checkpoint.make(ENCODER, config_of(ENCODER), model.state_dict(), data_version=DATA_VERSION)
+    version = data_version or DATA_VERSION
+    ckpt = checkpoint.make(ENCODER, config_of(ENCODER), model.state_dict(), data_version=version)
     return checkpoint.save(ckpt, path)
 
 
-def ttt_checkpoint(path: Path, seed: int) -> Path | None:
-    """A TTT classifier on the micro MAE (the adapt helper's arch), or None if it is not there yet."""
-    try:
-        import tessera.adapt.heads  # noqa: F401
-    except ImportError:
-        return None
+def ttt_checkpoint(path: Path, seed: int) -> Path:
+    """A TTT classifier on the micro MAE (``tessera.adapt.heads`` registers its arch)."""
+    import tessera.adapt.heads  # noqa: F401
     from tessera.models import registry
 
     torch.manual_seed(seed)

@@ -42,7 +42,7 @@ def test_serving_cpu_workers_split_the_cores_unless_told() -> None:
 
 
 def test_serving_demo_reports_the_same_mask_losses_when_the_answer_has_them() -> None:
-    from serving.demo import _loss_text
+    from cli.serve_demo import _loss_text
 
     episodic = {"per_step": [0.2, 0.19], "before": 0.2012, "after": 0.1897}
     assert _loss_text(episodic) == "MAE loss on the same masks 0.2012 -> 0.1897"

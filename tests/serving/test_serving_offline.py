@@ -48,10 +48,6 @@ def test_serving_offline_embed_skips_unreadable(tmp_path, ckpts) -> None:
 
 
 def test_serving_offline_predict_ttt_csv(tmp_path, ckpts) -> None:
-    if ckpts["ttt"] is None:
-        import pytest
-
-        pytest.skip("no TTT classifier arch yet")
     root = _folder(tmp_path)
     out = tmp_path / "pred.csv"
     r = CliRunner().invoke(

@@ -37,6 +37,7 @@ from tessera.adapt.ttt_mae import require_decoder, ttt_noise_batch
 from tessera.errors import ModelError
 from tessera.models.embed import pool_tokens
 from tessera.models.vit import ViTEncoder
+from tessera.names import TTT_DEFAULTS
 
 CPU_CHUNK = 8  # inputs adapted together on the CPU (see adapt_batch)
 Weights = dict[str, torch.Tensor]  # encoder parameter name -> (B, *shape), one slice per input
@@ -222,12 +223,12 @@ def adapt_batch(
     model: TTTClassifier,
     images: torch.Tensor,
     *,
-    steps: int = 20,
-    copies: int = 16,
-    lr: float = 5e-3,
-    momentum: float = 0.9,
+    steps: int = TTT_DEFAULTS["steps"],
+    copies: int = TTT_DEFAULTS["copies"],
+    lr: float = TTT_DEFAULTS["lr"],
+    momentum: float = TTT_DEFAULTS["momentum"],
     weight_decay: float = 0.0,
-    mask_ratio: float = 0.75,
+    mask_ratio: float = TTT_DEFAULTS["mask_ratio"],
     seed: int = 0,
     indices: list[int] | None = None,
     noise: torch.Tensor | None = None,

@@ -29,16 +29,9 @@ from tessera.adapt.tent import Tent, TentSettings
 from tessera.adapt.test_time import TTTSettings
 from tessera.adapt.ttt_mae import require_decoder, ttt_mae_trainer
 from tessera.errors import ConfigError, ModelError
+from tessera.names import EVAL_METHODS
 
-METHODS = (
-    "frozen",
-    "normstat",
-    "tent",
-    "rotation_episodic",
-    "rotation_online",
-    "ttt_mae_episodic",
-    "ttt_mae_online",
-)
+METHODS = EVAL_METHODS
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tessera.adapt.heads import TTTClassifier
+from tessera.names import TTT_DEFAULTS
 
 # loss(model, x (1, C, H, W), index of the input in its stream, step) -> scalar loss
 SSLLoss = Callable[[TTTClassifier, torch.Tensor, int, int], torch.Tensor]
@@ -29,12 +30,12 @@ MODES = ("episodic", "online")
 class TTTSettings:
     """Settings of test-time training (defaults: TTT-MAE, Gandelsman et al. 2022)."""
 
-    steps: int = 20  # SGD steps per input
-    copies: int = 16  # TTT-MAE: copies of the input per step, each with its own random mask
-    lr: float = 5e-3  # SGD learning rate
-    momentum: float = 0.9  # SGD momentum
+    steps: int = TTT_DEFAULTS["steps"]  # SGD steps per input
+    copies: int = TTT_DEFAULTS["copies"]  # TTT-MAE: copies of the input per step, each its own mask
+    lr: float = TTT_DEFAULTS["lr"]  # SGD learning rate
+    momentum: float = TTT_DEFAULTS["momentum"]  # SGD momentum
     weight_decay: float = 0.0  # SGD weight decay
-    mask_ratio: float = 0.75  # TTT-MAE: fraction of patches masked in each copy
+    mask_ratio: float = TTT_DEFAULTS["mask_ratio"]  # TTT-MAE: fraction of patches masked in each copy
     mode: str = "episodic"  # episodic (restore after every input) or online (keep adapting)
     reset_every: int = 0  # online: restore the initial weights every N inputs (0 = never)
     seed: int = 0  # seed of the masks (TTT-MAE)

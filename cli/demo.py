@@ -25,27 +25,29 @@ BUDGET = {"data": 60.0, "retrain": 420.0, "serve": 120.0}
 
 
 def _data_phase(root: Path, params: dict[str, Any]) -> dict[str, Any]:
-    from components import lineage
+    from components.command import data_folder
+    from lifecycle import lineage
 
-    name = params["data"]["name"]
+    data = root / data_folder(params)
     lineage.run_dvc(["repro", "data", "corrupt"], cwd=root)
     lineage.run_dvc(["push", "data", "corrupt"], cwd=root)
     out: dict[str, Any] = {}
-    for folder in (root / "data" / name, root / "data" / f"{name}-c"):
-        version = lineage.data_version(folder)
+    for folder in (data, data.with_name(f"{data.name}-c")):
+        version = lineage.version_for(folder)  # what dvc.lock records: `dvc repro` has just hashed it
         out[folder.name] = version
         print(
             f"[data] {folder.relative_to(root)}: {version['files']} files, {version['size'] / 1e6:.1f} MB,"
             f" DVC md5 {version['md5']}"
         )
-    manifest = json.loads((root / "data" / name / "manifest.json").read_text())
+    manifest = json.loads((data / "manifest.json").read_text())
     counts = manifest["counts"]
     split_sizes = {s: (sum(c.values()) if isinstance(c, dict) else c) for s, c in counts.items()}
     print(
         f"[data] splits: {split_sizes}; classes: {len(manifest['classes'])}; sources: "
         + ", ".join(p["file"].rsplit("/", 1)[-1] for p in manifest["provenance"])
     )
-    print(f"[data] contact sheet (corruptions x severities): data/{name}-c/contact_sheet.png")
+    sheet = (data.with_name(f"{data.name}-c") / "contact_sheet.png").relative_to(root)
+    print(f"[data] contact sheet (corruptions x severities): {sheet}")
     remotes = lineage.run_dvc(["remote", "list"], cwd=root).stdout.strip()
     print(f"[data] versioned in the DVC remote: {remotes}")
     return out
@@ -58,7 +60,7 @@ def _retrain_phase(preset: str | None, force: bool, deploy: bool) -> dict[str, A
     from flows.retrain import demo as retrain_demo
 
     if deploy:  # a running TorchServe lets the flow's own deploy step serve a promoted release
-        from serving.demo import ensure_server
+        from cli.serve_demo import ensure_server
 
         print(f"[retrain] TorchServe for the deploy step: {ensure_server().inference_url}")
     where = retrain_demo(preset=preset, force=force, deploy=deploy)
@@ -81,12 +83,13 @@ def _retrain_phase(preset: str | None, force: bool, deploy: bool) -> dict[str, A
 
 
 def _serve_phase(root: Path, params: dict[str, Any]) -> dict[str, Any]:
-    from serving.demo import serve_champion
+    from cli.serve_demo import serve_champion
+    from components.command import data_folder
 
-    name = params["data"]["name"]
+    data = root / data_folder(params)
     return serve_champion(
-        corrupted=root / "data" / f"{name}-c",
-        test=root / "data" / name / "test",
+        corrupted=data.with_name(f"{data.name}-c"),
+        test=data / "test",
         out=root / "runs" / "serving",
     )
 

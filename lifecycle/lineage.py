@@ -89,6 +89,17 @@ def recorded_version(path: str | Path) -> dict[str, Any] | None:
     return {"md5": out.get("md5"), "files": out.get("nfiles", 1), "size": out.get("size")}
 
 
+def version_for(path: str | Path) -> dict[str, Any]:
+    """The data version to hand a step: what DVC recorded for ``path`` (``dvc.lock`` / ``.dvc``, no
+    re-hash: under ``dvc repro`` DVC has just checked it), else, for a folder DVC does not track, its
+    hash as DVC would record it."""
+    try:
+        recorded = recorded_version(path)
+    except DataError:  # not inside a DVC repository
+        recorded = None
+    return dict(recorded) if recorded and recorded.get("md5") else data_version(path)
+
+
 def _cached_tree(root: Path, md5: str) -> dict[str, str] | None:
     """The ``.dir`` listing of ``md5`` from the local cache, or None when it is not there."""
     digest = md5.removesuffix(".dir")

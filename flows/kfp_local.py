@@ -1,6 +1,6 @@
 """The lightweight twin of the Kubeflow pipeline, for ``kfp.local`` (SubprocessRunner, no Docker).
 
-Same DAG as ``components/pipeline.py`` (pretrain -> generator, adapt -> evaluate -> register +
+Same DAG as ``flows/kfp_pipeline.py`` (pretrain -> generator, adapt -> evaluate -> register +
 promote), but each step is a Python-function component that calls the same component ``run()`` in
 the current environment (``use_venv=False``). Parameters travel as one JSON string, data folders as
 paths. Used by the tests and by ``tessera kfp run-local``.
@@ -17,7 +17,7 @@ _opts: dict[str, Any] = {"install_kfp_package": False}
 
 
 @dsl.component(**_opts)
-def pretrain_step(params_json: str, data_dir: str, encoder: dsl.Output[dsl.Model]):
+def pretrain_step(params_json: str, data_dir: str, data_version: str, encoder: dsl.Output[dsl.Model]):
     import json
     from pathlib import Path
 
@@ -25,12 +25,16 @@ def pretrain_step(params_json: str, data_dir: str, encoder: dsl.Output[dsl.Model
     from tessera.config import section_of
 
     cfg = section_of(pretrain.Config, json.loads(params_json), "pretrain")
-    pretrain.run(cfg, data_dir, Path(encoder.path), progress=False)
+    pretrain.run(cfg, data_dir, Path(encoder.path), data_version=data_version, progress=False)
 
 
 @dsl.component(**_opts)
 def generator_step(
-    params_json: str, data_dir: str, encoder: dsl.Input[dsl.Model], generator: dsl.Output[dsl.Model]
+    params_json: str,
+    data_dir: str,
+    data_version: str,
+    encoder: dsl.Input[dsl.Model],
+    generator: dsl.Output[dsl.Model],
 ):
     import json
     from pathlib import Path
@@ -39,12 +43,17 @@ def generator_step(
     from tessera.config import section_of
 
     cfg = section_of(train_generator.Config, json.loads(params_json), "generator")
-    train_generator.run(cfg, data_dir, Path(encoder.path) / "encoder.pt", Path(generator.path))
+    enc = Path(encoder.path) / "encoder.pt"
+    train_generator.run(cfg, data_dir, enc, Path(generator.path), data_version=data_version)
 
 
 @dsl.component(**_opts)
 def adapt_step(
-    params_json: str, data_dir: str, encoder: dsl.Input[dsl.Model], classifier: dsl.Output[dsl.Model]
+    params_json: str,
+    data_dir: str,
+    data_version: str,
+    encoder: dsl.Input[dsl.Model],
+    classifier: dsl.Output[dsl.Model],
 ):
     import json
     from pathlib import Path
@@ -53,7 +62,8 @@ def adapt_step(
     from tessera.config import section_of
 
     cfg = section_of(adapt.Config, json.loads(params_json), "adapt")
-    adapt.run(cfg, data_dir, Path(encoder.path) / "encoder.pt", Path(classifier.path))
+    enc = Path(encoder.path) / "encoder.pt"
+    adapt.run(cfg, data_dir, enc, Path(classifier.path), data_version=data_version)
 
 
 @dsl.component(**_opts)
@@ -92,7 +102,7 @@ def register_step(
     import json
     from pathlib import Path
 
-    from components import promotion, registry, tracking
+    from lifecycle import promotion, registry, tracking
     from tessera.config import section_of
 
     params = json.loads(params_json)
@@ -117,10 +127,11 @@ def register_step(
 
 
 @dsl.pipeline(name="tessera-retrain-local")
-def retrain_local(params_json: str, data_dir: str, corrupted_dir: str) -> str:
-    pre = pretrain_step(params_json=params_json, data_dir=data_dir)
-    gen = generator_step(params_json=params_json, data_dir=data_dir, encoder=pre.outputs["encoder"])
-    ada = adapt_step(params_json=params_json, data_dir=data_dir, encoder=pre.outputs["encoder"])
+def retrain_local(params_json: str, data_dir: str, data_version: str, corrupted_dir: str) -> str:
+    versioned = {"params_json": params_json, "data_dir": data_dir, "data_version": data_version}
+    pre = pretrain_step(**versioned)
+    gen = generator_step(**versioned, encoder=pre.outputs["encoder"])
+    ada = adapt_step(**versioned, encoder=pre.outputs["encoder"])
     eva = evaluate_step(
         params_json=params_json,
         data_dir=data_dir,
@@ -141,11 +152,15 @@ def retrain_local(params_json: str, data_dir: str, corrupted_dir: str) -> str:
 def run_local(
     params: dict[str, Any],
     data: str | Path,
+    data_version: dict[str, Any],
     corrupted: str | Path,
     pipeline_root: str | Path,
     caching: bool = False,
 ) -> dict[str, Any]:
-    """Run :func:`retrain_local` with ``kfp.local`` here; returns the register step's answer."""
+    """Run :func:`retrain_local` with ``kfp.local`` here; returns the register step's answer.
+
+    ``data_version`` is the one of ``data`` (the caller's lineage check computed it).
+    """
     from kfp import local
 
     local.init(
@@ -156,6 +171,7 @@ def run_local(
     task = retrain_local(
         params_json=json.dumps(params),
         data_dir=str(Path(data).resolve()),
+        data_version=json.dumps(data_version),
         corrupted_dir=str(Path(corrupted).resolve()),
     )
     return dict(json.loads(task.output))

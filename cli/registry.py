@@ -1,6 +1,6 @@
 """``tessera registry list|show|promote|rollback``: the MLflow model registry for people.
 
-``promote`` runs the same gate as the promote flow (components/promotion.py); skipping the gate
+``promote`` runs the same gate as the promote flow (lifecycle/promotion.py); skipping the gate
 takes ``--force --reason TEXT``, and the reason is recorded on the model versions.
 """
 
@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from tessera.names import BUNDLES
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read (mlflow, promote)")
@@ -18,7 +20,7 @@ PresetOpt = typer.Option(None, "--preset", help="preset overlay: cpu or gpu")
 
 
 def _configs(params_path: Path, preset: str | None):  # type: ignore[no-untyped-def]
-    from components import promotion, tracking
+    from lifecycle import promotion, tracking
     from tessera.config import load_params, section_of
 
     params = load_params(params_path, preset) if params_path.exists() else {}
@@ -32,7 +34,7 @@ def _configs(params_path: Path, preset: str | None):  # type: ignore[no-untyped-
 @app.command("list")
 def list_cmd(params: Path = ParamsOpt, preset: str | None = PresetOpt) -> None:
     """List every version of tessera-encoder / -ttt-classifier / -generator with aliases and decisions."""
-    from components import registry, tracking
+    from lifecycle import registry, tracking
 
     _, mlflow_cfg, _ = _configs(params, preset)
     rows = registry.describe(tracking.client(mlflow_cfg))
@@ -49,13 +51,13 @@ def list_cmd(params: Path = ParamsOpt, preset: str | None = PresetOpt) -> None:
 
 @app.command("show")
 def show(
-    model: str = typer.Argument("tessera-ttt-classifier", help="registered model name"),
+    model: str = typer.Argument(BUNDLES["classifier"], help="registered model name"),
     ref: str = typer.Argument("champion", help="alias or version number"),
     params: Path = ParamsOpt,
     preset: str | None = PresetOpt,
 ) -> None:
     """Show one version: tags (data version, params hash, promotion decision), source, aliases."""
-    from components import registry, tracking
+    from lifecycle import registry, tracking
 
     _, mlflow_cfg, _ = _configs(params, preset)
     client = tracking.client(mlflow_cfg)
@@ -80,7 +82,7 @@ def promote_cmd(
     """Promote a release through the gate (all its bundles move together)."""
     import dataclasses
 
-    from components import promotion
+    from lifecycle import promotion
 
     _, mlflow_cfg, promote_cfg = _configs(params, preset)
     try:
@@ -106,7 +108,7 @@ def register_cmd(
     preset: str | None = PresetOpt,
 ) -> None:
     """Register checkpoints made outside the flow (e.g. by Kubeflow) as a challenger release."""
-    from components import promotion, registry
+    from lifecycle import promotion, registry
 
     all_params, mlflow_cfg, promote_cfg = _configs(params, preset)
     checkpoints = {"encoder": encoder, "classifier": classifier}
@@ -132,7 +134,7 @@ def rollback_cmd(
     preset: str | None = PresetOpt,
 ) -> None:
     """Move the champion alias of the whole release back to the previous champion."""
-    from components import promotion
+    from lifecycle import promotion
 
     _, mlflow_cfg, promote_cfg = _configs(params, preset)
     try:

@@ -3,23 +3,21 @@
 Every step runs the same command as DVC, the container entry point and the Prefect task
 (``python -m components.<step> ...``) in the train image. The image reference is a setting
 (``TESSERA_TRAIN_IMAGE`` or ``--image``) with a fixed default tag, so the compiled YAML only changes
-when the DAG does. Pretrain, generator and adapt request a GPU; every step can be retried and
-cached. ``tessera kfp compile`` writes ``infra/kfp/retrain.yaml``; ``tessera kfp run-local`` runs the
-lightweight twin of this DAG (``components/pipeline_local.py``) with ``kfp.local``, no Docker needed.
+when the DAG does. The data version is a pipeline parameter (``data_version``: the DVC md5 of the
+data artifact, which ``tessera data version`` prints), handed to every step that stamps a checkpoint.
+Pretrain, generator and adapt request a GPU; every step can be retried and
+cached. ``tessera kfp compile`` (``cli/kfp.py``) writes ``infra/kfp/retrain.yaml``; ``tessera kfp run-local``
+runs the lightweight twin of this DAG (``flows/kfp_local.py``) with ``kfp.local``, no Docker needed.
 """
 
 import os  # no `from __future__ import annotations`: KFP reads the real annotation types
 from pathlib import Path
 from typing import Any
 
-import typer
-
 DEFAULT_IMAGE = "ghcr.io/tessera-ml/tessera-train:0.1.0"
 IMAGE_ENV = "TESSERA_TRAIN_IMAGE"
 YAML_PATH = Path(__file__).resolve().parents[1] / "infra" / "kfp" / "retrain.yaml"
 GPU_STEPS = ("pretrain", "generator", "adapt")
-
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 def train_image() -> str:
@@ -37,16 +35,34 @@ def build_pipeline(
     py = ["python", "-m"]
 
     @dsl.container_component
-    def pretrain(data: dsl.Input[dsl.Dataset], params: str, preset: str, encoder: dsl.Output[dsl.Model]):
+    def pretrain(
+        data: dsl.Input[dsl.Dataset],
+        data_version: str,
+        params: str,
+        preset: str,
+        encoder: dsl.Output[dsl.Model],
+    ):
         return dsl.ContainerSpec(
             image=image,
             command=[*py, "components.pretrain"],
-            args=["--params", params, "--preset", preset, "--data", data.path, "--out", encoder.path],
+            args=[
+                "--params",
+                params,
+                "--preset",
+                preset,
+                "--data",
+                data.path,
+                "--data-version",
+                data_version,
+                "--out",
+                encoder.path,
+            ],
         )
 
     @dsl.container_component
     def generator(
         data: dsl.Input[dsl.Dataset],
+        data_version: str,
         encoder: dsl.Input[dsl.Model],
         params: str,
         preset: str,
@@ -62,6 +78,8 @@ def build_pipeline(
                 preset,
                 "--data",
                 data.path,
+                "--data-version",
+                data_version,
                 "--encoder",
                 dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
                 "--out",
@@ -72,6 +90,7 @@ def build_pipeline(
     @dsl.container_component
     def adapt(
         data: dsl.Input[dsl.Dataset],
+        data_version: str,
         encoder: dsl.Input[dsl.Model],
         params: str,
         preset: str,
@@ -87,6 +106,8 @@ def build_pipeline(
                 preset,
                 "--data",
                 data.path,
+                "--data-version",
+                data_version,
                 "--encoder",
                 dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
                 "--out",
@@ -134,7 +155,7 @@ def build_pipeline(
     ):
         return dsl.ContainerSpec(
             image=image,
-            command=[*py, "components.registry_cli"],
+            command=["tessera", "registry"],
             args=[
                 "register",
                 "--params",
@@ -158,12 +179,19 @@ def build_pipeline(
     @dsl.pipeline(
         name="tessera-retrain", description="Pretrain, generator, adapt, evaluate, register, promote"
     )
-    def retrain(data_uri: str, corrupted_uri: str, params: str = "params.yaml", preset: str = "demo"):
+    def retrain(
+        data_uri: str,
+        corrupted_uri: str,
+        data_version: str,
+        params: str = "params.yaml",
+        preset: str = "demo",
+    ):
         data = dsl.importer(artifact_uri=data_uri, artifact_class=dsl.Dataset, reimport=False)
         corrupted = dsl.importer(artifact_uri=corrupted_uri, artifact_class=dsl.Dataset, reimport=False)
-        t_pre = pretrain(data=data.output, params=params, preset=preset)
-        t_gen = generator(data=data.output, encoder=t_pre.outputs["encoder"], params=params, preset=preset)
-        t_ada = adapt(data=data.output, encoder=t_pre.outputs["encoder"], params=params, preset=preset)
+        versioned = {"data": data.output, "data_version": data_version, "params": params, "preset": preset}
+        t_pre = pretrain(**versioned)
+        t_gen = generator(**versioned, encoder=t_pre.outputs["encoder"])
+        t_ada = adapt(**versioned, encoder=t_pre.outputs["encoder"])
         t_eva = evaluate(
             data=data.output,
             corrupted=corrupted.output,
@@ -203,28 +231,3 @@ def compile_yaml(path: str | Path = YAML_PATH, image: str | None = None) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(image), str(path))
     return path
-
-
-@app.command("compile")
-def compile_cmd(
-    out: Path = typer.Option(YAML_PATH, "--out", help="where to write the pipeline YAML"),
-    image: str = typer.Option(None, "--image", help=f"train image (default ${IMAGE_ENV} or {DEFAULT_IMAGE})"),
-) -> None:
-    """Compile the KFP v2 retrain pipeline to YAML (submit it with the KFP UI or client)."""
-    typer.echo(f"wrote {compile_yaml(out, image)}")
-
-
-@app.command("run-local")
-def run_local_cmd(
-    data: Path = typer.Option(..., "--data", help="image folder data/<name>"),
-    corrupted: Path = typer.Option(..., "--corrupted", help="corrupted set data/<name>-c"),
-    params: Path = typer.Option(Path("params.yaml"), "--params"),
-    preset: str = typer.Option(None, "--preset"),
-    root: Path = typer.Option(Path(".tessera/kfp-local"), "--root", help="pipeline root"),
-) -> None:
-    """Run the lightweight twin of the pipeline in this environment with kfp.local (no Docker)."""
-    from components.pipeline_local import run_local
-    from tessera.config import load_params
-
-    outputs = run_local(load_params(params, preset), data, corrupted, root)
-    typer.echo(outputs)

@@ -88,12 +88,12 @@ def promote_cmd(
 ) -> None:
     """Run the promote flow: the gate (re-evaluating the champion if the data changed), aliases, artifact."""
     _prepare()
-    from components import lineage
+    from components.command import data_folder
     from flows.promote import promote_flow
+    from lifecycle import lineage
     from tessera.config import load_params
 
-    name = load_params(params, preset).get("data", {}).get("name", "digits")
-    md5 = lineage.data_version(f"data/{name}")["md5"]
+    md5 = lineage.version_for(data_folder(load_params(params, preset)))["md5"]
     decision = promote_flow(
         release=release,
         params_path=params,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from tessera.names import BUNDLES
+
 app = typer.Typer(no_args_is_help=True, help="TorchServe: start, package, deploy, roll back.")
 HOME = typer.Option(Path(".tessera/serving"), "--home", help="The TorchServe home (config, store, logs).")
 
@@ -56,7 +58,7 @@ def status(home: Path = HOME) -> None:
 
 @app.command("package")
 def package_cmd(
-    model: str = typer.Option("tessera-encoder", help="Registered model name."),
+    model: str = typer.Option(BUNDLES["encoder"], help="Registered model name."),
     alias: str = typer.Option("champion", help="Alias or version number in the registry."),
     checkpoint: Path | None = typer.Option(None, help="Package this checkpoint instead."),
     version: str = typer.Option("1", help="TorchServe version when packaging a checkpoint."),
@@ -79,7 +81,7 @@ def package_cmd(
 
 @app.command("deploy")
 def deploy_cmd(
-    model: str = typer.Option("tessera-encoder", help="Registered model name."),
+    model: str = typer.Option(BUNDLES["encoder"], help="Registered model name."),
     alias: str = typer.Option("champion", help="Alias or version number in the registry."),
     checkpoint: Path | None = typer.Option(None, help="Deploy this checkpoint instead."),
     version: str | None = typer.Option(None, help="Its version (with --checkpoint)."),

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from serving import management, server
+from tessera import names
 
-BUNDLES = ("tessera-encoder", "tessera-ttt-classifier", "tessera-generator")
+BUNDLES = tuple(names.BUNDLES.values())
 SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -84,18 +85,18 @@ def serve_champion(
             print(f"[serve] {name}: not deployed ({type(e).__name__}: {e})")
     shown: dict[str, Any] = {"deployed": {k: v["version"] for k, v in deployed.items()}}
     probe, headers = management.probe_request("encoder")
-    if "tessera-encoder" in deployed:
-        ans = management.predict(srv, "tessera-encoder", probe, headers).json()
+    if names.BUNDLES["encoder"] in deployed:
+        ans = management.predict(srv, names.BUNDLES["encoder"], probe, headers).json()
         shown["embedding_size"] = len(ans["embeddings"][0])
         print(
             f"[serve] POST /predictions/tessera-encoder (a PNG) -> embedding of size "
             f"{shown['embedding_size']}"
             f" (model v{ans['model_version']}, data {ans['data_version']})"
         )
-    if "tessera-generator" in deployed:
+    if names.BUNDLES["generator"] in deployed:
         r = management.predict(
             srv,
-            "tessera-generator",
+            names.BUNDLES["generator"],
             json.dumps({"n": 16, "seed": 0, "format": "png"}).encode(),
             {"Content-Type": "application/json"},
         )
@@ -107,9 +108,9 @@ def serve_champion(
             f"[serve] POST /predictions/tessera-generator {{n: 16, format: png}} -> {grid} "
             f"(model v{r.headers.get('X-Tessera-model-version')})"
         )
-    if "tessera-ttt-classifier" in deployed:
+    if names.BUNDLES["classifier"] in deployed:
         img, src = corrupted_image(corrupted, test)
-        ans = management.predict(srv, "tessera-ttt-classifier", img, {"Content-Type": "image/png"}).json()
+        ans = management.predict(srv, names.BUNDLES["classifier"], img, {"Content-Type": "image/png"}).json()
         p = ans["predictions"][0]
         shown["ttt"] = {
             "image": src,

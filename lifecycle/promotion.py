@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from components import registry, tracking
+from lifecycle import registry, tracking
 from tessera.errors import TesseraError
 
 Reevaluate = Callable[[Path], dict[str, float]]  # classifier checkpoint -> evaluate's metrics
