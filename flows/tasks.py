@@ -130,7 +130,7 @@ def run_step(
         t0 = time.perf_counter()
         stamp = {"data_version": data_version} if step in STAMPS_DATA_VERSION else {}
         metrics = module.run(cfg, *[inputs[name] for name in wanted], out, tracker=tracker, **stamp)
-        seconds = time.perf_counter() - t0  # run() with its MLflow tracker (uploads included): for the report
+        seconds = time.perf_counter() - t0  # run() with MLflow uploads: for the report
         tracker.log_metrics({k: float(v) for k, v in metrics.items() if _is_number(v)}, step=0)
         tracker.log_outputs(out)
         step_run_id = tracker.run_id
