@@ -72,6 +72,8 @@ def _retrain_phase(preset: str | None, force: bool, deploy: bool) -> dict[str, A
             f"[retrain] promotion: {'PROMOTED' if decision.get('promoted') else 'not promoted'}"
             f" - {decision.get('reason', '')}"
         )
+    if where.get("evaluate_dir"):
+        _print_adaptation(Path(where["evaluate_dir"]))
     print(f"[retrain] champion versions: {where['champion_versions']}")
     if where.get("deployment"):
         served = {name: d.get("version") for name, d in where["deployment"].items()}
@@ -80,6 +82,27 @@ def _retrain_phase(preset: str | None, force: bool, deploy: bool) -> dict[str, A
     print(f"[retrain] {run}look with: {where['mlflow_ui']}")
     print(f"[retrain] Prefect artifacts {where['prefect_artifacts']}: {where['prefect_ui']}")
     return where
+
+
+def _print_adaptation(evaluate_dir: Path) -> None:
+    """Method, corrupted mean, gain over frozen with its interval, seconds per image; the policy."""
+    metrics = json.loads((evaluate_dir / "metrics.json").read_text())
+    policy = json.loads((evaluate_dir / "adaptation_policy.json").read_text())
+    methods = sorted({k.split("/")[1] for k in metrics if k.startswith("cost/")})
+    print(f"[retrain] {'method':<18} {'corrupted':>9} {'gain over frozen [95% interval]':>34} {'s/image':>9}")
+    for m in ["frozen", *[x for x in methods if x != "frozen"]]:
+        acc = metrics.get(f"corrupted/{m}/mean_accuracy", float("nan"))
+        gain = (
+            "-"
+            if m == "frozen"
+            else f"{metrics[f'gain/{m}/mean']:+.3f} [{metrics[f'gain/{m}/ci_low']:+.3f}, "
+            f"{metrics[f'gain/{m}/ci_high']:+.3f}]"
+        )
+        print(f"[retrain] {m:<18} {acc:9.3f} {gain:>34} {metrics[f'cost/{m}/seconds_per_image']:9.4f}")
+    adapted = [x for x in methods if x != "frozen"]
+    images = int(metrics.get(f"gain/{adapted[0]}/images", 0)) if adapted else 0
+    print(f"[retrain] (paired by source image: {images} images; intervals resampled by image)")
+    print(f"[retrain] adaptation policy {policy['version']}: {policy['method']} - {policy['reason']}")
 
 
 def _serve_phase(root: Path, params: dict[str, Any]) -> dict[str, Any]:

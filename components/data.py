@@ -42,6 +42,7 @@ class Config:
     image_size: int = 32  # images are image_size x image_size RGB
     unlabeled_patches: int = 2000  # embedded: patches cut from the shipped photographs
     max_pixels: int = 40_000_000  # import: larger images are rejected (decompression-bomb guard)
+    max_file_bytes: int = 64 * 1024**2  # import: larger files are rejected without being read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +116,9 @@ def run_build(
             )
         counts = manifest["counts"]
     else:
-        result = _import(Path(cfg.source), target, cfg.image_size, cfg.split, cfg.seed, cfg.max_pixels)
+        result = _import(
+            Path(cfg.source), target, cfg.image_size, cfg.split, cfg.seed, cfg.max_pixels, cfg.max_file_bytes
+        )
         counts = result.counts
     metrics = _flat_counts(counts) | {"seconds": time.perf_counter() - start}
     tracker.log_metrics(metrics, step=0)
@@ -123,12 +126,21 @@ def run_build(
     return metrics
 
 
-def _import(src: Path, target: Path, size: int, split: Any, seed: int, max_pixels: int) -> Any:
+def _import(
+    src: Path, target: Path, size: int, split: Any, seed: int, max_pixels: int, max_file_bytes: int
+) -> Any:
     from tessera.data.importer import import_folder, scan
 
     with _bar(len(scan(src)[1]) if src.is_dir() else 0, f"import {target.name}") as bar:
         result = import_folder(
-            src, target, size=size, split=split, seed=seed, max_pixels=max_pixels, progress=bar.update
+            src,
+            target,
+            size=size,
+            split=split,
+            seed=seed,
+            max_pixels=max_pixels,
+            max_file_bytes=max_file_bytes,
+            progress=bar.update,
         )
     if result.rejected:
         width = max(len(r["file"]) for r in result.rejected)
@@ -217,16 +229,24 @@ def build_cli(
 @friendly
 def import_cli(
     src: Path = typer.Argument(..., help="image folder: <class>/ sub-folders, train/val/test/, or flat"),
-    name: str = typer.Option(..., "--name", help="data set name: writes <root>/<name>/"),
+    name: str = typer.Option(
+        ..., "--name", help="data set name (letters, digits, . _ -; no /): writes <root>/<name>/"
+    ),
     size: int = typer.Option(32, "--size", help="output images are size x size RGB"),
     split: str = typer.Option("0.8,0.1,0.1", "--split", help="train,val,test fractions when not pre-split"),
     seed: int = typer.Option(0, "--seed", help="seed of the stratified split"),
     root: str = typer.Option("data", "--root", help="where data sets live"),
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="decompression-bomb limit"),
+    max_file_bytes: int = typer.Option(
+        64 * 1024**2, "--max-file-bytes", help="larger files are rejected unread"
+    ),
 ) -> Path:
     """Import a folder of images, checking every file; bad files go to a rejection report."""
+    from tessera.data.importer import dataset_dir
+
     start = time.perf_counter()
-    result = _import(src, Path(root) / name, size, split, seed, max_pixels)
+    target = dataset_dir(root, name)  # ConfigError (exit 2, nothing written) for ../x, /abs, ..
+    result = _import(src, target, size, split, seed, max_pixels, max_file_bytes)
     typer.echo(f"{result.status}: {result.imported} images, {len(result.rejected)} rejected")
     _summary(result.out_dir, _flat_counts(result.counts) | {"seconds": time.perf_counter() - start})
     return Path(result.out_dir)

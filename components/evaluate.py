@@ -28,6 +28,8 @@ from tessera.names import EVAL_METHODS, ttt_defaults
 from tessera.tracking import JsonTracker, NullTracker, Tracker
 
 ALL_METHODS = EVAL_METHODS
+CHECKPOINT = "classifier.pt"  # the evaluated classifier with its adaptation policy (the one registered)
+POLICY_FILE = "adaptation_policy.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,9 @@ class Config:
     tent_steps: int = 1  # TENT: updates per test batch
     tent_batch_size: int = 64  # TENT: test images per batch
     normstat_prior: float = 16.0  # norm-stat: weight N of the training statistics (0: test batch only)
-    seed: int = 0  # seeds the subsets and the TTT masks
+    seed: int = 0  # seeds the subsets, the TTT masks and the bootstrap
+    policy_max_seconds_per_image: float = 5.0  # latency budget of the policy (adaptation s/image here)
+    bootstrap: int = 2000  # resamples of the paired gain interval (by source image)
     progress: bool = True  # show a progress bar
 
 
@@ -128,16 +132,19 @@ def run(
     import torch
     from tqdm import tqdm
 
-    from tessera.adapt.evalset import corrupted_cells, fit_size, load_subset
+    from tessera import checkpoint
+    from tessera.adapt.evalset import corrupted_cells, fit_size, load_subset, load_subset_with_ids
     from tessera.adapt.evaluation import check_methods, run_method
     from tessera.adapt.metrics import summarize
     from tessera.adapt.probe import predict
+    from tessera.adapt.stats import Outcomes
 
     tracker = tracker or NullTracker()
     data_dir, corrupted_dir, out_dir = Path(data_dir), Path(corrupted_dir), Path(out_dir)
     torch.manual_seed(cfg.seed)
     model, ckpt, classes = load_classifier(classifier, data_dir)
-    check_methods(model, cfg.methods)
+    methods = cfg.methods if "frozen" in cfg.methods else ("frozen", *cfg.methods)  # gains need it
+    check_methods(model, methods)
     cells = corrupted_cells(corrupted_dir, cfg.corruptions, cfg.severities)
     settings = method_settings(cfg, dict(ckpt.get("extra", {}).get("ttt", {})))
     size = model.encoder.img_size
@@ -146,25 +153,30 @@ def run(
     _put(metrics, "clean", summarize(predict(model, fit_size(x_all, size)).argmax(1), y_all))
     x_clean, y_clean = load_subset(data_dir / "test", classes, cfg.clean_subset, cfg.seed)
     x_clean = fit_size(x_clean, size)
-    seconds = dict.fromkeys(cfg.methods, 0.0)
-    images = dict.fromkeys(cfg.methods, 0)
-    acc: dict[str, dict[str, dict[str, float]]] = {m: {} for m in cfg.methods}
-    totals = {m: [0, 0] for m in cfg.methods}  # correct, n
-    bar = tqdm(total=len(cfg.methods) * (len(cells) + 1), desc="evaluate", disable=not cfg.progress)
-    for m in cfg.methods:
+    seconds = dict.fromkeys(methods, 0.0)
+    images = dict.fromkeys(methods, 0)
+    acc: dict[str, dict[str, dict[str, float]]] = {m: {} for m in methods}
+    totals = {m: [0, 0] for m in methods}  # correct, n
+    items = Outcomes(methods)  # every scored corrupted item: its source image and who got it right
+    bar = tqdm(total=len(methods) * (len(cells) + 1), desc="evaluate", disable=not cfg.progress)
+    for m in methods:
         t0 = time.perf_counter()
         _put(metrics, f"clean/{m}", summarize(run_method(m, model, x_clean, settings).argmax(1), y_clean))
         seconds[m] += time.perf_counter() - t0
         images[m] += len(x_clean)
         bar.update(1)
     for cell in cells:
-        x, y = load_subset(corrupted_dir / cell.corruption / cell.severity, classes, cfg.per_cell, cfg.seed)
+        cell_dir = corrupted_dir / cell.corruption / cell.severity
+        x, y, ids = load_subset_with_ids(cell_dir, classes, cfg.per_cell, cfg.seed)
         x = fit_size(x, size)
-        for m in cfg.methods:
+        items.add_cell(cell.corruption, ids)
+        for m in methods:
             bar.set_postfix_str(f"{cell.corruption}/{cell.severity} {m}")
             t0 = time.perf_counter()
-            s = summarize(run_method(m, model, x, settings).argmax(1), y)
+            pred = run_method(m, model, x, settings).argmax(1)
             seconds[m] += time.perf_counter() - t0
+            items.add(m, pred.cpu() == y)
+            s = summarize(pred, y)
             images[m] += len(x)
             _put(metrics, f"corrupted/{m}/{cell.corruption}/{cell.severity}", s, leaf=True)
             acc[m].setdefault(cell.corruption, {})[cell.severity] = s["accuracy"]
@@ -173,8 +185,91 @@ def run(
             bar.update(1)
     bar.close()
     _summaries(metrics, acc, totals, seconds, images)
+    gains = _gains(metrics, items, cfg)
+    policy = _policy(metrics, gains, settings, cfg)
     _write_outputs(out_dir, metrics, acc, cells, tracker)
+    _write_policy(out_dir, policy, gains, tracker)
+    extra = {**dict(ckpt.get("extra") or {}), "policy": policy}  # registered, served: serving reads it
+    checkpoint.save({**ckpt, "extra": extra}, out_dir / CHECKPOINT)
     return metrics
+
+
+def _split_corruptions(evaluated: list[str]) -> tuple[list[str], list[str]]:
+    """(reported, selection): the 15 standard ones are reported, the 4 extra ones (when evaluated)
+    choose the policy, so the reported figures play no part in the choice (CIFAR-10-C convention)."""
+    from tessera.names import EXTRA_CORRUPTIONS
+
+    selection = [c for c in evaluated if c in EXTRA_CORRUPTIONS]
+    reported = [c for c in evaluated if c not in EXTRA_CORRUPTIONS] or evaluated
+    return reported, selection or reported
+
+
+def _gains(metrics: dict[str, float], items: Any, cfg: Config) -> dict[str, Any]:
+    """Paired gains over frozen by source image: on the reported corruptions (mean and each one) and
+    on the selection ones; also written to ``metrics`` (``gain/<method>/...``)."""
+    evaluated = sorted(set(items.corruptions))
+    reported, selection = _split_corruptions(evaluated)
+    out: dict[str, dict[str, Any]] = {}
+    for m in items.methods:
+        if m == "frozen":
+            continue
+        mean = items.gain(m, reported, n_boot=cfg.bootstrap, seed=cfg.seed)
+        chosen_on = items.gain(m, selection, n_boot=cfg.bootstrap, seed=cfg.seed)
+        per = {c: items.gain(m, [c], n_boot=cfg.bootstrap, seed=cfg.seed) for c in evaluated}
+        out[m] = {"reported": mean, "selection": chosen_on, "per_corruption": per}
+        metrics[f"gain/{m}/mean"] = mean.gain
+        metrics[f"gain/{m}/ci_low"] = mean.low
+        metrics[f"gain/{m}/ci_high"] = mean.high
+        metrics[f"gain/{m}/images"] = float(mean.images)
+        metrics[f"gain/{m}/selection"] = chosen_on.gain
+        metrics[f"gain/{m}/selection_ci_low"] = chosen_on.low
+        for c, g in per.items():
+            metrics[f"gain/{m}/{c}/mean"] = g.gain
+    return {"methods": out, "reported": reported, "selection": selection}
+
+
+def _policy(metrics: dict[str, float], gains: dict[str, Any], settings: Any, cfg: Config) -> dict[str, Any]:
+    """The release's adaptation policy (:func:`tessera.adapt.policy.choose`) and its metrics."""
+    from tessera.adapt.policy import NONE, SERVABLE, Candidate, choose
+
+    budgets = {"ttt_mae_episodic": {"steps": settings.ttt.steps, "copies": settings.ttt.copies}}
+    candidates = [
+        Candidate(
+            m,
+            budgets.get(m, {}),
+            g["selection"].gain,
+            g["selection"].low,
+            g["selection"].high,
+            metrics[f"cost/{m}/seconds_per_image"],
+            g["selection"].images,
+            servable=m in SERVABLE,
+        )
+        for m, g in gains["methods"].items()
+    ]
+    reported = {m: g["reported"].as_dict() for m, g in gains["methods"].items()}
+    policy = choose(
+        candidates,
+        max_seconds_per_image=cfg.policy_max_seconds_per_image,
+        selected_on=gains["selection"],
+        reported=reported,
+    )
+    applied = "frozen" if policy["method"] == NONE else policy["method"]
+    metrics["corrupted/policy/mean_accuracy"] = metrics[f"corrupted/{applied}/mean_accuracy"]
+    metrics["clean/policy/accuracy"] = metrics[f"clean/{applied}/accuracy"]
+    metrics["policy/gain"] = 0.0 if applied == "frozen" else reported[applied]["gain"]
+    metrics["policy/ci_low"] = 0.0 if applied == "frozen" else reported[applied]["low"]
+    return policy
+
+
+def _write_policy(out_dir: Path, policy: dict[str, Any], gains: dict[str, Any], tracker: Tracker) -> None:
+    from tessera.adapt.plots import gain_heatmap
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / POLICY_FILE).write_text(json.dumps(policy, indent=2, sort_keys=True) + "\n")
+    per = {m: {c: g.gain for c, g in v["per_corruption"].items()} for m, v in gains["methods"].items()}
+    ci = {m: (v["reported"].low, v["reported"].high) for m, v in gains["methods"].items()}
+    for path in (out_dir / POLICY_FILE, gain_heatmap(per, out_dir / "gain_heatmap.png", ci)):
+        tracker.log_artifact(path)
 
 
 def _put(metrics: dict[str, float], prefix: str, s: dict[str, float], leaf: bool = False) -> None:
@@ -190,13 +285,13 @@ def _summaries(
     seconds: dict[str, float],
     images: dict[str, int],
 ) -> None:
-    from tessera.adapt.metrics import ci95_halfwidth
-
+    # No Wilson interval on the mean over cells: a source image appears in every cell, so the cells'
+    # items are not independent trials (the gains carry a paired interval by image instead).
     for m, per_corr in acc.items():
-        vals = [v for sev in per_corr.values() for v in sev.values()]
+        reported, _ = _split_corruptions(sorted(per_corr))
+        vals = [v for c in reported for v in per_corr[c].values()]
         metrics[f"corrupted/{m}/mean_accuracy"] = sum(vals) / len(vals) if vals else 0.0
         metrics[f"corrupted/{m}/n"] = float(totals[m][1])
-        metrics[f"corrupted/{m}/ci95"] = ci95_halfwidth(*totals[m])
         for c, sev in per_corr.items():
             metrics[f"corrupted/{m}/{c}/mean_accuracy"] = sum(sev.values()) / len(sev)
         metrics[f"cost/{m}/seconds_per_image"] = seconds[m] / max(images[m], 1)

@@ -130,17 +130,25 @@ def predict_cli(
         ..., "--model", help="TTT classifier checkpoint or models:/tessera-ttt-classifier@champion."
     ),
     out: Path = typer.Option(Path("predictions.csv"), help="Output .csv or .json."),
-    ttt: bool = typer.Option(False, "--ttt", help="Adapt each image with TTT-MAE before predicting."),
-    steps: int = typer.Option(-1, help="TTT steps (-1: the checkpoint's default)."),
-    copies: int = typer.Option(-1, help="TTT masked copies per step (-1: the checkpoint's default)."),
+    method: str | None = typer.Option(
+        None, "--method", help="none or ttt_mae_episodic (default: the checkpoint's adaptation policy)."
+    ),
+    ttt: bool = typer.Option(False, "--ttt", help="Same as --method ttt_mae_episodic."),
+    steps: int = typer.Option(-1, help="TTT steps (-1: the policy's, else the checkpoint's default)."),
+    copies: int = typer.Option(-1, help="TTT masked copies per step (-1: as for --steps)."),
     seed: int = typer.Option(0, help="Seed of the TTT masks."),
     model_label: str | None = typer.Option(
         None, "--model-label", hidden=True, help="How outputs name the model."
     ),
 ) -> None:
-    """Classify every image of FOLDER, optionally with per-image TTT-MAE, into a CSV/JSON."""
+    """Classify every image of FOLDER, with per-image TTT-MAE when the release's adaptation policy (or
+    --method / --ttt / --steps) says so, into a CSV/JSON that names the method and the policy."""
     import torch
     from tqdm import tqdm
+
+    from tessera.adapt.policy import NONE, resolve
+    from tessera.errors import ConfigError
+    from tessera.names import ttt_defaults
 
     net, ckpt = load_model(model)
     classes = list(ckpt.get("classes") or [str(k) for k in range(net.num_classes)])
@@ -151,16 +159,23 @@ def predict_cli(
             if len(x)
             else torch.empty(0, len(classes))
         )
+    d = ttt_defaults((ckpt.get("extra") or {}).get("ttt"))
+    asked = {k: v for k, v in (("steps", steps), ("copies", copies)) if v >= (0 if k == "steps" else 1)}
+    try:
+        decision = resolve(
+            (ckpt.get("extra") or {}).get("policy"), "ttt_mae_episodic" if ttt else method, asked, NONE, d
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    ttt = decision.method != NONE
     after, losses = before, None
     if ttt and len(x):
         from tessera.adapt.test_time import TTTSettings
         from tessera.adapt.ttt_mae import ttt_mae_trainer
-        from tessera.names import ttt_defaults
 
-        d = ttt_defaults((ckpt.get("extra") or {}).get("ttt"))
         settings = TTTSettings(
-            steps=steps if steps >= 0 else int(d["steps"]),
-            copies=copies if copies > 0 else int(d["copies"]),
+            steps=int(decision.budget["steps"]),
+            copies=int(decision.budget["copies"]),
             lr=float(d["lr"]),
             momentum=float(d["momentum"]),
             mask_ratio=float(d["mask_ratio"]),
@@ -186,6 +201,14 @@ def predict_cli(
         rows,
         skipped,
         out,
-        {"model": model_label or model, "data_version": _data_version(ckpt), "classes": classes, "ttt": ttt},
+        {
+            "model": model_label or model,
+            "data_version": _data_version(ckpt),
+            "classes": classes,
+            "ttt": ttt,
+            "method": decision.method,
+            "method_source": decision.source,
+            "policy_version": decision.policy_version,
+        },
     )
     _report(len(rows), skipped, out)

@@ -96,7 +96,6 @@ def register_step(
     data_dir: str,
     encoder: dsl.Input[dsl.Model],
     generator: dsl.Input[dsl.Model],
-    classifier: dsl.Input[dsl.Model],
     evaluation: dsl.Input[dsl.Artifact],
 ) -> str:
     import json
@@ -109,7 +108,7 @@ def register_step(
     mlflow_cfg = section_of(tracking.Config, params, "mlflow")
     checkpoints = {
         "encoder": Path(encoder.path) / "encoder.pt",
-        "classifier": Path(classifier.path) / "classifier.pt",
+        "classifier": Path(evaluation.path) / "classifier.pt",  # with its adaptation policy
     }
     if (Path(generator.path) / "generator.pt").is_file():
         checkpoints["generator"] = Path(generator.path) / "generator.pt"
@@ -143,7 +142,6 @@ def retrain_local(params_json: str, data_dir: str, data_version: str, corrupted_
         data_dir=data_dir,
         encoder=pre.outputs["encoder"],
         generator=gen.outputs["generator"],
-        classifier=ada.outputs["classifier"],
         evaluation=eva.outputs["evaluation"],
     )
     return reg.output

@@ -147,7 +147,6 @@ def build_pipeline(
     def register(
         encoder: dsl.Input[dsl.Model],
         generator: dsl.Input[dsl.Model],
-        classifier: dsl.Input[dsl.Model],
         evaluation: dsl.Input[dsl.Artifact],
         data: dsl.Input[dsl.Dataset],
         params: str,
@@ -168,8 +167,8 @@ def build_pipeline(
                 dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
                 "--generator",
                 dsl.ConcatPlaceholder([generator.path, "/generator.pt"]),
-                "--classifier",
-                dsl.ConcatPlaceholder([classifier.path, "/classifier.pt"]),
+                "--classifier",  # evaluate's copy, with the adaptation policy
+                dsl.ConcatPlaceholder([evaluation.path, "/classifier.pt"]),
                 "--evaluation",
                 dsl.ConcatPlaceholder([evaluation.path, "/metrics.json"]),
                 "--promote",
@@ -202,7 +201,6 @@ def build_pipeline(
         t_reg = register(
             encoder=t_pre.outputs["encoder"],
             generator=t_gen.outputs["out"],
-            classifier=t_ada.outputs["classifier"],
             evaluation=t_eva.outputs["evaluation"],
             data=data.output,
             params=params,

@@ -135,7 +135,7 @@ def retrain(
             [results["adapt"]["key"]],
             ctx,
         )
-        checkpoints = {"encoder": encoder, "classifier": classifier}
+        checkpoints = {"encoder": encoder, "classifier": results["evaluate"]["checkpoint"]}
         if "generator" in results:
             checkpoints["generator"] = results["generator"]["checkpoint"]
         summary["versions"] = tasks.register_challenger(
@@ -201,4 +201,5 @@ def demo(preset: str | None = None, force: bool = False, deploy: bool = True) ->
         "skipped": summary.get("skipped"),
         "decision": summary.get("decision"),
         "deployment": summary.get("deployment"),
+        "evaluate_dir": (summary.get("steps") or {}).get("evaluate", {}).get("out_dir"),
     }

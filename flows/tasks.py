@@ -25,7 +25,8 @@ STEPS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "pretrain": ("pretrain", "pretrain", "encoder.pt", ("data",)),
     "generator": ("train_generator", "generator", "generator.pt", ("data", "encoder")),
     "adapt": ("adapt", "adapt", "classifier.pt", ("data", "encoder")),
-    "evaluate": ("evaluate", "evaluate", "", ("data", "corrupted", "classifier")),
+    # evaluate writes the classifier again, with its adaptation policy: that one is registered
+    "evaluate": ("evaluate", "evaluate", "classifier.pt", ("data", "corrupted", "classifier")),
 }
 STAMPS_DATA_VERSION = {"pretrain", "generator", "adapt"}  # steps whose checkpoint carries it
 ROOT = Path(__file__).resolve().parents[1]

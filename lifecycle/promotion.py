@@ -6,6 +6,8 @@ by more than ``max_clean_drop`` and the mean corrupted accuracy with TTT-MAE mus
 the champion was trained on another data version than the current one, it is re-evaluated on the
 current test data first (a callback running the evaluate component), so both sides are measured on
 the same images. Decisions and their numbers are written as tags on the challenger's versions.
+The gate decides only on numbers it can trust (``decide``): a NaN, infinite or out-of-[0, 1] gate
+metric of the challenger rejects it; such a champion metric is not compared against (minimums instead).
 
 Promotions are serialized by a lock that holds across processes: a PostgreSQL advisory lock when
 MLflow's store is PostgreSQL (it then also holds across machines), otherwise an ``flock`` on a file
@@ -19,6 +21,8 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -31,12 +35,18 @@ from tessera.errors import TesseraError
 Reevaluate = Callable[[Path], dict[str, float]]  # classifier checkpoint -> evaluate's metrics
 
 
+POLICY_METRIC = "corrupted/policy/mean_accuracy"
+FROZEN_FALLBACK = "corrupted/frozen/mean_accuracy"
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """The ``promote`` section of ``params.yaml`` (accuracies are fractions: 0.01 = 1 point)."""
 
     clean_metric: str = "clean/accuracy"  # evaluate's key for clean test accuracy
-    corrupted_metric: str = "corrupted/ttt_mae_episodic/mean_accuracy"  # mean corrupted acc., TTT-MAE
+    # mean corrupted accuracy with the release's adaptation policy applied (what serving answers);
+    # a champion from before policies is compared on its frozen accuracy (FROZEN_FALLBACK)
+    corrupted_metric: str = "corrupted/policy/mean_accuracy"
     max_clean_drop: float = 0.01  # the challenger's clean accuracy may be at most this much lower
     min_corrupted_gain: float = 0.0  # its corrupted accuracy must be at least this much higher
     min_clean_accuracy: float = 0.3  # the first champion needs at least this clean accuracy ...
@@ -79,36 +89,86 @@ class PromotionError(TesseraError):
     """A promotion or rollback cannot be carried out (no such release, no previous champion)."""
 
 
+def untrusted(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be trusted as accuracy ``key``, or None when it is a finite fraction.
+
+    Phrased as "trusted only if": NaN fails every comparison, so it can never land on the trusted side.
+    MLflow's SQL stores keep NaN but write +-inf as +-1.7976931348623157e308 (the largest float).
+    """
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return f"{key!r} is not a number ({value!r})"
+    if math.isfinite(v) and 0.0 <= v <= 1.0:
+        return None
+    if math.isnan(v):
+        return f"{key!r} is NaN"
+    if math.isinf(v):
+        return f"{key!r} is {v}"
+    if abs(v) == sys.float_info.max:
+        return f"{key!r} is {'-' if v < 0 else ''}inf (stored by MLflow as {v:g})"
+    return f"{key!r} is {v:g}, outside [0, 1]"
+
+
+def _missing_or_untrusted(metrics: dict[str, float], key: str) -> str | None:
+    return f"{key!r} is missing" if key not in metrics else untrusted(key, metrics[key])
+
+
 def decide(
     cfg: Config, challenger: dict[str, float], champion: dict[str, float] | None
 ) -> tuple[bool, str, dict[str, float]]:
-    """The gate itself, pure: (promote?, reason, the numbers it compared)."""
-    for key in (cfg.clean_metric, cfg.corrupted_metric):
+    """The gate itself, pure: (promote?, reason, the numbers it compared).
+
+    It promotes only on numbers it can trust: a gate metric of the challenger that is missing,
+    non-finite or outside [0, 1] is a rejection naming it; a champion whose gate metrics are missing
+    or untrusted is not compared against: the challenger is judged on the minimums, and the reason
+    says so. Every condition is "promote only if ok", so a NaN anywhere (a threshold too) rejects.
+    """
+    keys = (cfg.clean_metric, cfg.corrupted_metric)
+    for key in keys:
         if key not in challenger:
             return False, f"challenger lacks metric {key!r} (run the evaluate step)", {}
-    clean, corr = challenger[cfg.clean_metric], challenger[cfg.corrupted_metric]
+    bad = [why for key in keys if (why := untrusted(key, challenger[key])) is not None]
+    if bad:
+        valid = {
+            name: float(challenger[key])
+            for name, key in zip(("challenger/clean", "challenger/corrupted"), keys, strict=True)
+            if untrusted(key, challenger[key]) is None
+        }
+        return False, "untrusted challenger metrics: " + "; ".join(bad), valid
+    for name in ("max_clean_drop", "min_corrupted_gain", "min_clean_accuracy", "min_corrupted_accuracy"):
+        if not math.isfinite(getattr(cfg, name)):
+            return False, f"gate threshold {name} is {getattr(cfg, name)!r}, not a finite number", {}
+    clean, corr = float(challenger[cfg.clean_metric]), float(challenger[cfg.corrupted_metric])
     numbers = {"challenger/clean": clean, "challenger/corrupted": corr}
+    note = ""
+    if champion is not None:
+        champ_bad = [why for key in keys if (why := _missing_or_untrusted(champion, key)) is not None]
+        if champ_bad:
+            note = (
+                f"champion metrics not comparable ({'; '.join(champ_bad)}): judged on the minimums "
+                "as a first champion; "
+            )
+            champion = None
     if champion is None:
         ok = clean >= cfg.min_clean_accuracy and corr >= cfg.min_corrupted_accuracy
         why = (
-            f"first champion: clean {clean:.4f} (min {cfg.min_clean_accuracy}), corrupted "
+            f"clean {clean:.4f} (min {cfg.min_clean_accuracy}), corrupted "
             f"{corr:.4f} (min {cfg.min_corrupted_accuracy})"
         )
-        return ok, ("meets the minimums; " if ok else "below the minimums; ") + why, numbers
-    c_clean, c_corr = champion.get(cfg.clean_metric, 0.0), champion.get(cfg.corrupted_metric, 0.0)
+        verdict = "meets the minimums; " if ok else "below the minimums; "
+        return ok, note + verdict + (why if note else "first champion: " + why), numbers
+    c_clean, c_corr = float(champion[cfg.clean_metric]), float(champion[cfg.corrupted_metric])
     drop, gain = c_clean - clean, corr - c_corr
     numbers.update(
         {"champion/clean": c_clean, "champion/corrupted": c_corr, "clean_drop": drop, "corrupted_gain": gain}
     )
-    if drop > cfg.max_clean_drop:
+    clean_ok, corr_ok = drop <= cfg.max_clean_drop, gain >= cfg.min_corrupted_gain
+    if clean_ok and corr_ok:
+        return True, f"clean drop {drop:.4f} <= {cfg.max_clean_drop}, corrupted gain {gain:.4f}", numbers
+    if not clean_ok:
         return False, f"clean accuracy falls by {drop:.4f} > max_clean_drop {cfg.max_clean_drop}", numbers
-    if gain < cfg.min_corrupted_gain:
-        return (
-            False,
-            (f"corrupted accuracy gain {gain:.4f} < min_corrupted_gain {cfg.min_corrupted_gain}"),
-            numbers,
-        )
-    return True, f"clean drop {drop:.4f} <= {cfg.max_clean_drop}, corrupted gain {gain:.4f}", numbers
+    return False, f"corrupted accuracy gain {gain:.4f} < min_corrupted_gain {cfg.min_corrupted_gain}", numbers
 
 
 @contextlib.contextmanager
@@ -158,10 +218,30 @@ def _pg_lock(uri: str, timeout_s: float) -> Iterator[None]:
         conn.close()
 
 
+def with_frozen_fallback(cfg: Config, metrics: dict[str, float]) -> tuple[dict[str, float], str]:
+    """A champion evaluated before adaptation policies has no ``corrupted/policy/...`` key: it served
+    no proven adaptation, so it is compared on ``corrupted/frozen/mean_accuracy``."""
+    if cfg.corrupted_metric != POLICY_METRIC or POLICY_METRIC in metrics or FROZEN_FALLBACK not in metrics:
+        return metrics, ""
+    return {
+        **metrics,
+        POLICY_METRIC: metrics[FROZEN_FALLBACK],
+    }, " (champion has no policy: its frozen accuracy)"
+
+
 def _champion_metrics(
     client: Any, cfg: Config, champion: str, data_md5: str | None, reevaluate: Reevaluate | None
 ) -> tuple[dict[str, float], str]:
-    """The champion's metrics, re-measured on the current data when its data version differs."""
+    """The champion's metrics (re-measured on the current data when its data version differs),
+    with the frozen fallback for champions from before adaptation policies."""
+    metrics, note = _champion_metrics_as_logged(client, cfg, champion, data_md5, reevaluate)
+    metrics, fallback = with_frozen_fallback(cfg, metrics)
+    return metrics, note + fallback
+
+
+def _champion_metrics_as_logged(
+    client: Any, cfg: Config, champion: str, data_md5: str | None, reevaluate: Reevaluate | None
+) -> tuple[dict[str, float], str]:
     metrics = registry.release_metrics(client, champion)
     anchor = registry.release_versions(client, champion).get(registry.ANCHOR)
     trained_on = anchor.tags.get("data_version") if anchor is not None else None

@@ -8,9 +8,16 @@ of ``copies`` randomly masked copies, then classified. The adaptation is the lib
 (``TestTimeTrainer`` in online mode, requests of a batch in arrival order, reset every
 ``reset_every`` images). ``inference`` is overridden so nothing runs under ``torch.inference_mode``.
 
+Whether a request is adapted at all is the release's adaptation policy (``extra["policy"]`` of the
+checkpoint, chosen by ``evaluate``; :func:`tessera.adapt.policy.resolve`): an explicit ``method``
+(``none`` or ``ttt_mae_episodic``) or budget (``steps``/``copies``) in the request wins, then the
+policy, then the deployment's ``method`` setting (``none`` unless configured). With ``none`` the
+answer is the frozen model's prediction, exactly. Every answer names the method applied, who chose
+it (``method_source``) and the policy version.
+
 Every answer carries the prediction without adaptation too, the adaptation loss per step and, for
-episodic deployments, the reconstruction loss of the frozen and of the adapted encoder on the same
-masks (those of step 0).
+adapted episodic requests, the reconstruction loss of the frozen and of the adapted encoder on the
+same masks (those of step 0).
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ from torch import nn
 
 from serving.handlers.base import Batch, Item, TesseraHandler
 from serving.handlers.request import RequestError, int_option
+from tessera.errors import TesseraError
 
 
 class TTTClassifierHandler(TesseraHandler):
     """``{"predictions": [{"class", "confidence", "probabilities", "before": {...}, "loss": {...}}]}``."""
 
-    options = ("steps", "copies", "seed")
+    options = ("method", "steps", "copies", "seed")
 
     def load_model(self, ckpt: dict[str, Any]) -> nn.Module:
         import tessera.adapt.heads  # noqa: F401  (registers ``ttt_mae_classifier``)
@@ -51,6 +59,12 @@ class TTTClassifierHandler(TesseraHandler):
         self.max_steps = max(int(s.get("max_steps", 50)), self.steps)
         self.max_copies = max(int(s.get("max_copies", 64)), self.copies)
         self.online = bool(s.get("online", False))
+        from tessera.adapt.policy import METHODS_SERVED, NONE
+
+        self.policy = (self.ckpt.get("extra") or {}).get("policy") or None
+        self.default_method = str(s.get("method", NONE))  # for checkpoints without a policy
+        if self.default_method not in METHODS_SERVED:
+            raise TesseraError(f"handler setting method={self.default_method!r}: use one of {METHODS_SERVED}")
         self.classes = list(
             self.ckpt.get("classes") or [str(k) for k in range(int(getattr(self.model, "num_classes", 0)))]
         )
@@ -80,18 +94,46 @@ class TTTClassifierHandler(TesseraHandler):
         )
 
     def validate(self, options: dict[str, Any], item: Item) -> dict[str, Any]:
-        out = {
+        from tessera.adapt.policy import METHODS_SERVED, NONE, resolve
+
+        seed = int_option(options, "seed", 0, 0, 2**31 - 1)
+        if self.online:
+            if any(k in options for k in ("method", "steps", "copies")) and (
+                options.get("method", "ttt_mae_online") != "ttt_mae_online"
+                or int_option(options, "steps", self.steps, 0, self.max_steps) != self.steps
+                or int_option(options, "copies", self.copies, 1, self.max_copies) != self.copies
+            ):
+                raise RequestError(
+                    400,
+                    f"this deployment adapts online with steps={self.steps}, copies={self.copies}; "
+                    "per-request methods and budgets are not accepted",
+                )
+            return {
+                "method": "ttt_mae_online",
+                "method_source": "server",
+                "policy_version": None,
+                "steps": self.steps,
+                "copies": self.copies,
+                "seed": seed,
+            }
+        method = options.get("method")
+        if method is not None and method not in METHODS_SERVED:
+            raise RequestError(400, f"option 'method' = {method!r}: use one of {list(METHODS_SERVED)}")
+        budget = {
             "steps": int_option(options, "steps", self.steps, 0, self.max_steps),
             "copies": int_option(options, "copies", self.copies, 1, self.max_copies),
-            "seed": int_option(options, "seed", 0, 0, 2**31 - 1),
         }
-        if self.online and (out["steps"] != self.steps or out["copies"] != self.copies):
-            raise RequestError(
-                400,
-                f"this deployment adapts online with steps={self.steps}, "
-                f"copies={self.copies}; per-request steps/copies are not accepted",
-            )
-        return out
+        asked = {k: v for k, v in budget.items() if k in options}
+        decision = resolve(self.policy, method, asked, self.default_method, budget)
+        adapt = decision.method != NONE
+        return {
+            "method": decision.method,
+            "method_source": decision.source,
+            "policy_version": decision.policy_version,
+            "steps": min(int(decision.budget.get("steps", 0)), self.max_steps) if adapt else 0,
+            "copies": min(int(decision.budget.get("copies", self.copies)), self.max_copies),
+            "seed": seed,
+        }
 
     def inference(self, batch: Batch, *args: Any, **kwargs: Any) -> Batch:  # type: ignore[override]
         """Gradients on: test-time training needs them (BaseHandler would use inference_mode)."""
@@ -99,53 +141,51 @@ class TTTClassifierHandler(TesseraHandler):
             return super().inference(batch, *args, **kwargs)
 
     def predict(self, items: list[Item]) -> list[dict[str, Any]]:
-        probs, losses, before, recon = self._adapt(items)
+        results = self._adapt(items)
+        probs = torch.cat([r[0] for r in results])
+        before = torch.cat([r[2] for r in results])
         self.gauge("ConfidenceBeforeTTT", float(before.max(dim=1).values.mean()), "probability")
         self.gauge("ConfidenceAfterTTT", float(probs.max(dim=1).values.mean()), "probability")
-        if losses.numel():
-            self.gauge("TTTReconstructionLoss", float(losses[:, -1].mean()), "loss")
+        last = [r[1][:, -1] for r in results if r[1].numel()]
+        if last:
+            self.gauge("TTTReconstructionLoss", float(torch.cat(last).mean()), "loss")
         self.gauge("ImagesPerBatch", probs.shape[0], "count")
-        out, start = [], 0
-        for it in items:
-            k = it.images.shape[0]
+        out = []
+        for it, (p, loss, p0, recon) in zip(items, results, strict=True):
             preds = [
-                self._prediction(probs[i], before[i], losses[i], None if recon is None else recon[i])
-                for i in range(start, start + k)
+                self._prediction(p[i], p0[i], loss[i], None if recon is None else recon[i])
+                for i in range(it.images.shape[0])
             ]
-            out.append(
-                {
-                    "classes": self.classes,
-                    "mode": "online" if self.online else "episodic",
-                    **it.options,
-                    "predictions": preds,
-                }
-            )
-            start += k
+            mode = "online" if self.online else "episodic"
+            out.append({"classes": self.classes, "mode": mode, **it.options, "predictions": preds})
         return out
 
-    def _adapt(
-        self, items: list[Item]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """-> in item order: probabilities after TTT (N, K), the loss before each step (N, steps), the
-        probabilities without adaptation (N, K) and, episodic only, the reconstruction loss before and
-        after adaptation on the same masks (N, 2; None online)."""
+    def _adapt(self, items: list[Item]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]]:
+        """Per item: probabilities after TTT (k, K), the loss before each step (k, steps), the
+        probabilities without adaptation (k, K) and, for adapted episodic requests, the reconstruction
+        loss before and after adaptation on the same masks (k, 2; else None)."""
         if self.trainer is not None:  # online: one stream, requests in arrival order
-            x = torch.cat([it.images for it in items]).to(self.device)
-            with torch.no_grad():
-                before = self.model.eval()(x).softmax(dim=1).cpu()  # the stream's weights so far
-            results = []
+            out = []
             for it in items:
-                results.append(self.trainer.run(it.images.to(self.device), self.stream_index))
+                x = it.images.to(self.device)
+                with torch.no_grad():
+                    before = self.model.eval()(x).softmax(dim=1).cpu()  # the stream's weights so far
+                p, loss = self.trainer.run(x, self.stream_index)
                 self.stream_index += it.images.shape[0]
-            probs = torch.cat([p.cpu() for p, _ in results])
-            return probs, torch.cat([loss for _, loss in results]), before, None
+                out.append((p.cpu(), loss, before, None))
+            return out
         from tessera.adapt.batched import adapt_batch
 
         clf: Any = self.model
+        per_item: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]] = {}
         groups: dict[tuple[int, int, int], list[int]] = {}
         for j, it in enumerate(items):
+            if it.options["steps"] == 0:  # method none: the frozen prediction, exactly
+                with torch.no_grad():
+                    p0 = self.model.eval()(it.images.to(self.device)).softmax(dim=1).cpu()
+                per_item[j] = (p0, torch.empty(len(p0), 0), p0, None)
+                continue
             groups.setdefault((it.options["steps"], it.options["copies"], it.options["seed"]), []).append(j)
-        per_item: dict[int, tuple[torch.Tensor, ...]] = {}
         for (steps, copies, seed), members in groups.items():
             images = torch.cat([items[j].images for j in members]).to(self.device)  # (M, 3, S, S)
             # each image's masks are seeded by (seed, its index within its request)
@@ -163,21 +203,19 @@ class TTTClassifierHandler(TesseraHandler):
             )
             assert res.probs_before is not None and res.recon_loss_before is not None
             assert res.recon_loss_after is not None
-            fields = (
-                res.probs_after,
-                res.losses,
-                res.probs_before,
-                torch.stack([res.recon_loss_before, res.recon_loss_after], dim=1),
-            )
+            recon = torch.stack([res.recon_loss_before, res.recon_loss_after], dim=1)
             start = 0
             for j in members:
                 k = items[j].images.shape[0]
-                per_item[j] = tuple(f[start : start + k].cpu() for f in fields)
+                cut = slice(start, start + k)
+                per_item[j] = (
+                    res.probs_after[cut].cpu(),
+                    res.losses[cut].cpu(),
+                    res.probs_before[cut].cpu(),
+                    recon[cut].cpu(),
+                )
                 start += k
-        probs, losses, before, recon = (
-            torch.cat([per_item[j][f] for j in range(len(items))]) for f in range(4)
-        )
-        return probs, losses, before, recon
+        return [per_item[j] for j in range(len(items))]
 
     def _prediction(
         self, p: torch.Tensor, p0: torch.Tensor, loss: torch.Tensor, recon: torch.Tensor | None

@@ -128,6 +128,30 @@ def test_evaluate_writes_every_key_plot_and_table(
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     rows = (out / "plots" / "cells.csv").read_text().splitlines()
     assert len(rows) == 1 + len(eval_step.ALL_METHODS) * 4
+    _assert_gains_and_policy(m, out)
+
+
+def _assert_gains_and_policy(m: dict[str, float], out: Path) -> None:
+    """Paired gains over frozen match the accuracies; the policy is chosen, hashed, and stored in the
+    evaluated classifier (the checkpoint the flow registers)."""
+    from tessera.adapt.policy import NONE, version_of
+
+    for method in eval_step.ALL_METHODS[1:]:
+        diff = m[f"corrupted/{method}/mean_accuracy"] - m["corrupted/frozen/mean_accuracy"]
+        assert m[f"gain/{method}/mean"] == pytest.approx(diff)  # equal cells: item mean = cell mean
+        assert m[f"gain/{method}/ci_low"] <= m[f"gain/{method}/mean"] <= m[f"gain/{method}/ci_high"]
+        assert m[f"gain/{method}/images"] == 4  # 4 source images, each in 4 cells
+    policy = json.loads((out / eval_step.POLICY_FILE).read_text())
+    assert policy["version"] == version_of(policy)
+    assert policy["selected_on"] == ["contrast", "gaussian_noise"]  # no extra corruptions evaluated
+    assert {c["method"] for c in policy["candidates"]} == set(eval_step.ALL_METHODS[1:])
+    applied = "frozen" if policy["method"] == NONE else policy["method"]
+    assert m["corrupted/policy/mean_accuracy"] == m[f"corrupted/{applied}/mean_accuracy"]
+    if policy["method"] == NONE:  # 4 images cannot prove a gain
+        assert "no method is proven to help" in policy["reason"]
+    stored = checkpoint.load(out / "classifier.pt", arch=ARCH)
+    assert stored["extra"]["policy"] == policy and stored["data_version"] == DV
+    assert (out / "gain_heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_evaluate_batched_and_loop_agree(

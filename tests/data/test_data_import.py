@@ -10,6 +10,7 @@ import stat
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -218,3 +219,157 @@ def test_import_command_prints_the_rejections(tmp_path: Path) -> None:
     for rel in BAD:
         assert rel in result.output
     assert f"{len(GOOD)} images, {len(BAD)} rejected" in result.output
+
+
+def _record_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Patch os.open, io.open and builtins.open to record the full path of every file opened."""
+    import builtins
+
+    seen: list[str] = []
+    real_os_open, real_io_open, real_open = os.open, io.open, builtins.open
+
+    def where(path: Any, dir_fd: int | None) -> str:
+        if isinstance(path, int):
+            return f"<fd {path}>"
+        base = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else ""
+        return os.path.join(base, os.fsdecode(path))
+
+    def os_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        seen.append(where(path, dir_fd))
+        return real_os_open(path, flags, mode, dir_fd=dir_fd)
+
+    def io_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(where(file, None))
+        return real_io_open(file, *args, **kwargs)
+
+    def b_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(where(file, None))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(io, "open", io_open)
+    monkeypatch.setattr(builtins, "open", b_open)
+    return seen
+
+
+def test_symlinks_are_reported_and_their_outside_targets_never_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "OUT-good.png").write_bytes(_png("RGB", seed=7))  # a valid image: still not imported
+    (outside / "OUT-secret.txt").write_text("root:x:0:0\n")
+    os.mkfifo(outside / "OUT-pipe.png")  # opening it (blocking) would hang the import
+    src = tmp_path / "src"
+    for cls in ("cat", "dog"):
+        (src / cls).mkdir(parents=True)
+        (src / cls / "a.png").write_bytes(_png("RGB", seed=len(cls)))
+    links = {  # link -> target; every one is reported, none imported
+        "cat/good.png": outside / "OUT-good.png",  # file link out (absolute)
+        "cat/rel.png": Path("../../outside/OUT-good.png"),  # file link out (relative)
+        "cat/secret.png": outside / "OUT-secret.txt",  # a text file out
+        "cat/pipe.png": outside / "OUT-pipe.png",  # a FIFO out
+        "cat/more": outside,  # directory link out, inside a class
+        "bird": outside,  # directory link out, at the top: not a class folder
+        "dog/again.png": Path("a.png"),  # inside the source: refused too (choice: never follow)
+        "dog/cats": Path("../cat"),  # directory link inside the source
+    }
+    for rel, target in links.items():
+        (src / rel).symlink_to(target)
+    opened = _record_opens(monkeypatch)
+
+    result = import_folder(src, tmp_path / "data" / "mine")
+    reasons = {r["file"]: r["reason"] for r in result.rejected}
+    assert set(reasons) == set(links)
+    for rel in links:
+        inside = rel.startswith("dog/")
+        want = "symlink inside the source folder" if inside else "symlink to a path outside the source folder"
+        assert want in reasons[rel], (rel, reasons[rel])
+    assert result.imported == 2 and result.counts  # cat/a.png, dog/a.png only
+    report = json.loads((tmp_path / "data" / "mine" / "import_report.json").read_text())
+    assert {r["file"]: r["reason"] for r in report["rejected"]} == reasons
+    assert sorted(
+        json.loads((tmp_path / "data/mine/manifest.json").read_text())["import"]["origin"].values()
+    ) == [
+        "cat/a.png",
+        "dog/a.png",
+    ]
+
+    cli = CliRunner().invoke(app, ["import", str(src), "--name", "cli", "--root", str(tmp_path / "data")])
+    assert cli.exit_code == 0, cli.output
+    assert "2 images, 8 rejected" in cli.output and "outside the source folder" in cli.output
+    for rel in links:
+        assert rel in cli.output
+    escaped = [p for p in opened if Path(os.path.realpath(p)).is_relative_to(outside.resolve())]
+    assert escaped == [], escaped
+
+    # the source folder itself may be a link (the user named it): only links beneath it are refused
+    (tmp_path / "src-link").symlink_to(src)
+    assert import_folder(tmp_path / "src-link", tmp_path / "data" / "via-link").imported == 2
+
+
+def test_sparse_2gb_file_is_rejected_by_size_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.png").write_bytes(_png("RGB"))
+    with open(src / "huge.png", "wb") as f:
+        f.write(_png("RGB"))  # a valid PNG header ...
+        f.truncate(2 * 1024**3)  # ... then 2 GiB of holes
+    (src / "text.png").write_bytes(b"hello " * (2 * 1024**2))  # 12 MiB under the cap, not an image
+    read: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd: int, n: int) -> bytes:
+        out = real_read(fd, n)
+        read.append(len(out))
+        return out
+
+    monkeypatch.setattr(os, "read", counting_read)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    start = time.perf_counter()
+    result = import_folder(src, tmp_path / "data" / "s")
+    assert time.perf_counter() - start < 10
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 200 * 1024
+    reasons = {r["file"]: r["reason"] for r in result.rejected}
+    assert "too large" in reasons["huge.png"] and str(64 * 1024**2) in reasons["huge.png"]
+    assert "not an image" in reasons["text.png"]
+    assert result.imported == 1
+    assert sum(read) < 1024**2  # the 2 GiB file unread, the 12 MiB text file sniffed from its head only
+    # the cap is a setting: a smaller one rejects ok.png too (and then nothing is left to import)
+    with pytest.raises(DataError, match="no valid image"):
+        import_folder(src, tmp_path / "data" / "t", max_file_bytes=64)
+
+
+@pytest.mark.parametrize("name", ["../../x", "ABS", "..", ".", "a/b", "", ".hidden", "x" * 65])
+def test_import_command_refuses_unsafe_names(tmp_path: Path, name: str) -> None:
+    src = tmp_path / "src"
+    (src / "cat").mkdir(parents=True)
+    (src / "cat" / "a.png").write_bytes(_png("RGB"))
+    root = tmp_path / "deep" / "er" / "root"
+    root.mkdir(parents=True)
+    name = str(tmp_path / "abs") if name == "ABS" else name
+    before = sorted(p.as_posix() for p in tmp_path.rglob("*"))
+    result = CliRunner().invoke(app, ["import", str(src), "--name", name, "--root", str(root)])
+    assert result.exit_code == 2, result.output
+    assert "ConfigError" in result.output and "invalid data set name" in result.output
+    assert sorted(p.as_posix() for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+
+
+def test_import_command_refuses_a_name_whose_folder_links_out_of_root(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "cat").mkdir(parents=True)
+    (src / "cat" / "a.png").write_bytes(_png("RGB"))
+    (tmp_path / "root").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "root" / "evil").symlink_to(tmp_path / "elsewhere")
+    result = CliRunner().invoke(app, ["import", str(src), "--name", "evil", "--root", str(tmp_path / "root")])
+    assert result.exit_code == 2 and "outside --root" in result.output, result.output
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    ok = CliRunner().invoke(
+        app, ["import", str(src), "--name", "pets-v1.2_b", "--root", str(tmp_path / "root")]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "root" / "pets-v1.2_b" / "manifest.json").is_file()

@@ -16,7 +16,7 @@ import torch
 from lifecycle import promotion, registry, release, tracking
 
 ROOT = Path(__file__).resolve().parents[2]
-GATE_KEYS = ("clean/accuracy", "corrupted/ttt_mae_episodic/mean_accuracy")
+GATE_KEYS = ("clean/accuracy", "corrupted/policy/mean_accuracy")
 
 
 def _stamped(ckpt: Path, data_md5: str) -> Path:
@@ -133,7 +133,7 @@ def test_champion_is_reevaluated_when_the_data_version_changed(sqlite_ws: Path, 
     def reevaluate(ckpt: Path) -> dict[str, float]:
         seen.append(ckpt)
         assert ckpt.is_file()
-        return {"clean/accuracy": 0.5, "corrupted/ttt_mae_episodic/mean_accuracy": 0.3}
+        return {"clean/accuracy": 0.5, "corrupted/policy/mean_accuracy": 0.3}
 
     challenger = _release(mae_ckpt, 0.6, 0.4, data_md5="new.dir")  # worse than 0.9 but better on new data
     decision = promotion.promote(challenger, data_md5="new.dir", reevaluate=reevaluate)

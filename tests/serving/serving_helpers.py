@@ -46,8 +46,18 @@ def encoder_checkpoint(path: Path, seed: int, data_version: dict | None = None) 
     return checkpoint.save(ckpt, path)
 
 
-def ttt_checkpoint(path: Path, seed: int) -> Path:
-    """A TTT classifier on the micro MAE (``tessera.adapt.heads`` registers its arch)."""
+def policy(adapt: bool) -> dict:
+    """An adaptation policy as evaluate writes one: TTT-MAE at 2 steps x 4 copies, or none."""
+    from tessera.adapt.policy import Candidate, choose
+
+    low = 0.02 if adapt else -0.01
+    candidate = Candidate("ttt_mae_episodic", {"steps": 2, "copies": 4}, 0.05, low, 0.08, 0.1, 200)
+    return choose([candidate], max_seconds_per_image=5.0, selected_on=["spatter"])
+
+
+def ttt_checkpoint(path: Path, seed: int, adapt: bool = True) -> Path:
+    """A TTT classifier on the micro MAE (``tessera.adapt.heads`` registers its arch) whose policy
+    adapts (TTT-MAE, 2 steps x 4 copies) or not."""
     import tessera.adapt.heads  # noqa: F401
     from tessera.models import registry
 
@@ -66,7 +76,7 @@ def ttt_checkpoint(path: Path, seed: int) -> Path:
         model.state_dict(),
         data_version=DATA_VERSION,
         classes=["cat", "dog", "frog"],
-        extra={"ttt": {"steps": 2, "copies": 4, "lr": 0.05, "mask_ratio": 0.75}},
+        extra={"ttt": {"steps": 2, "copies": 4, "lr": 0.05, "mask_ratio": 0.75}, "policy": policy(adapt)},
     )
     return checkpoint.save(ckpt, path)
 

@@ -71,3 +71,27 @@ def test_serving_offline_predict_ttt_csv(tmp_path, ckpts) -> None:
     assert len(rows) == 2 and {"class", "confidence", "class_before", "confidence_before"} <= set(rows[0])
     skipped = list(csv.DictReader(out.with_suffix(".skipped.csv").open()))
     assert len(skipped) == 2
+
+
+def test_serving_offline_predict_applies_the_policy_by_default(tmp_path, ckpts) -> None:
+    from serving_helpers import ttt_checkpoint
+
+    root = _folder(tmp_path)
+    runs = {}
+    for label, model, extra in (
+        ("policy", ckpts["ttt"], []),  # its policy: TTT-MAE at 2 steps x 4 copies
+        ("none", ttt_checkpoint(tmp_path / "none.pt", 2, adapt=False), []),  # its policy: none
+        ("override", ttt_checkpoint(tmp_path / "none2.pt", 2, adapt=False), ["--method", "ttt_mae_episodic"]),
+    ):
+        out = tmp_path / f"{label}.json"
+        r = CliRunner().invoke(
+            _app(), ["predict", str(root), "--model", str(model), "--out", str(out), *extra]
+        )
+        assert r.exit_code == 0, r.output
+        runs[label] = json.loads(out.read_text())
+    assert (runs["policy"]["method"], runs["policy"]["method_source"]) == ("ttt_mae_episodic", "policy")
+    assert runs["policy"]["results"][0]["ttt_loss_last"] != ""
+    assert (runs["none"]["method"], runs["none"]["ttt"]) == ("none", False)
+    assert "class_before" not in runs["none"]["results"][0]  # frozen: nothing before/after to show
+    assert (runs["override"]["method"], runs["override"]["method_source"]) == ("ttt_mae_episodic", "request")
+    assert runs["none"]["policy_version"] == runs["override"]["policy_version"] is not None

@@ -83,13 +83,52 @@ def test_serving_ttt_concurrent_requests_each_adapted_alone(ttt, ckpts) -> None:
         rs = list(pool.map(lambda d: management.predict(ttt, NAME, d, {"Content-Type": "image/png"}), data))
     assert all(r.status_code == 200 for r in rs), [r.text for r in rs]
     got = torch.tensor([r.json()["predictions"][0]["probabilities"] for r in rs])
-    # each request is image 0 of its own request: seed 0, the deployment's defaults (2 steps, 4 copies)
+    # each request is image 0 of its own request: seed 0, the policy's budget (2 steps, 4 copies)
     want = torch.cat([_library(ckpts, [d], steps=2, copies=4, seed=0)[0] for d in data])
     assert torch.allclose(got, want, atol=1e-4)
+    version = checkpoint.load(ckpts["ttt"])["extra"]["policy"]["version"]
+    for r in rs:
+        ans = r.json()
+        assert (ans["method"], ans["method_source"], ans["policy_version"]) == (
+            "ttt_mae_episodic",
+            "policy",
+            version,
+        )
+
+
+def test_serving_ttt_policy_none_answers_frozen_and_a_request_can_override_it(ttt, tmp_path) -> None:
+    from serving_helpers import ttt_checkpoint
+
+    from serving import package
+    from tessera.models.registry import from_checkpoint
+
+    ckpt_path = ttt_checkpoint(tmp_path / "none.pt", 2, adapt=False)  # same weights, policy none
+    management.register(ttt, package.package(ckpt_path, "ttt-none", 1, ttt.model_store, package.Config()))
+    data = png(41)
+    r = management.predict(ttt, "ttt-none", data, {"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    ans = r.json()
+    assert (ans["method"], ans["method_source"], ans["steps"]) == ("none", "policy", 0)
+    assert ans["policy_version"] == checkpoint.load(ckpt_path)["extra"]["policy"]["version"]
+    pred = ans["predictions"][0]
+    assert pred["probabilities"] == pred["before"]["probabilities"] and pred["loss"]["per_step"] == []
+    with torch.no_grad():
+        frozen = from_checkpoint(checkpoint.load(ckpt_path)).eval()(as_tensor(data)[None]).softmax(1)[0]
+    assert torch.allclose(torch.tensor(pred["probabilities"]), frozen, atol=1e-6)
+    # an explicit method (and budget) in the request wins over the policy
+    body = json.dumps({"image": b64(data), "method": "ttt_mae_episodic", "steps": 2}).encode()
+    over = management.predict(ttt, "ttt-none", body, JSON).json()
+    assert (over["method"], over["method_source"], over["steps"]) == ("ttt_mae_episodic", "request", 2)
+    assert len(over["predictions"][0]["loss"]["per_step"]) == 2
+    bad = management.predict(
+        ttt, "ttt-none", json.dumps({"image": b64(data), "method": "tent"}).encode(), JSON
+    )
+    assert bad.status_code == 400 and "method" in bad.json()["error"]
 
 
 def test_serving_ttt_steps_zero_is_no_adaptation(ttt) -> None:
     r = management.predict(ttt, NAME, json.dumps({"image": b64(png(5)), "steps": 0}).encode(), JSON)
+    assert r.json()["method"] == "ttt_mae_episodic" and r.json()["method_source"] == "request"
     pred = r.json()["predictions"][0]
     assert pred["probabilities"] == pytest.approx(pred["before"]["probabilities"], abs=1e-6)
     assert pred["loss"]["last"] is None

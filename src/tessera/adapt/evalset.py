@@ -74,6 +74,15 @@ def load_subset(
 
     Returns images (n, 3, H, W) in [0, 1] and labels (n,).
     """
+    images, labels, _ = load_subset_with_ids(split_dir, classes, size, seed)
+    return images, labels
+
+
+def load_subset_with_ids(
+    split_dir: str | Path, classes: list[str], size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """:func:`load_subset` plus each image's id, ``<class>/<file>``: the source test image, the same
+    in every cell of a corrupted set (the unit a paired bootstrap resamples)."""
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise DataError(f"{split_dir} not found: build the data first (`tessera data build`)")
@@ -84,7 +93,8 @@ def load_subset(
     keep = stratified_subset(labels, size, seed)
     keep = keep[np.random.default_rng(seed).permutation(len(keep))]
     images = to_tensor([read_rgb(files[i]) for i in keep])
-    return images, torch.from_numpy(labels[keep])
+    ids = [f"{files[i].parent.name}/{files[i].name}" for i in keep]
+    return images, torch.from_numpy(labels[keep]), ids
 
 
 def corrupted_cells(

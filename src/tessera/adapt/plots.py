@@ -1,6 +1,7 @@
-"""Robustness pictures: a heat map (corruption x severity, one panel per method) and a per-corruption
+"""Robustness pictures: a heat map (corruption x severity, one panel per method), a per-corruption
 bar chart (mean accuracy over severities, one bar per method), in the style of the ImageNet-C
-tables (Hendrycks and Dietterich, ICLR 2019). Matplotlib with the Agg backend (no display needed).
+tables (Hendrycks and Dietterich, ICLR 2019), and a heat map of each method's gain over frozen.
+Matplotlib with the Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -76,6 +77,35 @@ def bar_chart(cells: Cells, path: str | Path, title: str = "mean accuracy over s
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, ncol=min(len(methods), 4))
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def gain_heatmap(
+    gains: dict[str, dict[str, float]],
+    path: str | Path,
+    intervals: dict[str, tuple[float, float]] | None = None,
+    title: str = "accuracy gain over frozen (paired; mean over severities)",
+) -> Path:
+    """Rows methods, columns corruptions, colour and text = gain over frozen (red hurts, blue helps);
+    ``intervals`` (method -> (low, high) of the mean gain) label the rows."""
+    plt = _pyplot()
+    methods = list(gains)
+    corruptions = sorted({c for m in methods for c in gains[m]})
+    grid = np.array([[gains[m].get(c, np.nan) for c in corruptions] for m in methods])
+    span = max(0.05, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.05)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.55 * len(corruptions), 0.9 + 0.38 * len(methods)))
+    image = ax.imshow(grid, vmin=-span, vmax=span, cmap="RdBu", aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=6)
+    labels = [
+        f"{m} [{intervals[m][0]:+.3f}, {intervals[m][1]:+.3f}]" if intervals and m in intervals else m
+        for m in methods
+    ]
+    ax.set_yticks(range(len(methods)), labels, fontsize=7)
+    ax.set_xticks(range(len(corruptions)), corruptions, rotation=45, ha="right", fontsize=7)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="gain")
+    ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 

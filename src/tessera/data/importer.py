@@ -5,13 +5,20 @@ Accepted source layouts (detected in this order):
 - ``SRC/<class>/...``: a seeded stratified split (80/10/10 by default);
 - ``SRC/*`` (no sub-folders): an unlabelled pool (``unlabeled/``).
 A folder ``SRC/unlabeled/`` beside class or split folders becomes the unlabelled pool.
-Every file goes through :func:`tessera.data.images.open_image`; what fails is listed in the rejection
-report with its reason and the import goes on. The source is only read. A fingerprint of the source
-listing (paths, sizes, modification times) and the options makes a repeated import a no-op.
+Every file is read by :func:`tessera.data.images.read_image_file` (refused unread when it is not a
+regular file, empty or over ``max_file_bytes``; its first bytes sniffed before the rest is read) and
+decoded by :func:`tessera.data.images.open_image`; what fails is listed in the rejection report with
+its reason and the import goes on. Symlinks are never followed: one that leads out of the source is
+reported as such (its target is never opened), and so is one inside it (an image is imported once,
+from its real path, so a link cannot copy a test image into train). Files are opened beneath one
+open descriptor of the source, every folder on the way no-follow, so nothing outside it is ever
+opened even if the tree changes during the import. The source is only read. A fingerprint of the
+source listing (paths, sizes, modification times) and the options makes a repeated import a no-op.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,13 +30,27 @@ from pathlib import Path
 from typing import Any
 
 from tessera.data.folder import IMAGE_SUFFIXES
-from tessera.data.images import DEFAULT_MAX_PIXELS, open_image, save_png, square_resize
+from tessera.data.images import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    open_image,
+    read_image_file,
+    save_png,
+    square_resize,
+)
 from tessera.data.manifest import make_manifest, read_manifest, sha256_bytes, staged_directory, write_manifest
 from tessera.data.split import SPLIT_NAMES, parse_fractions, stratified_split
-from tessera.errors import DataError, ImageError
+from tessera.errors import ConfigError, DataError, ImageError
 
 REPORT = "import_report.json"
-IMPORTER_VERSION = 1  # part of the fingerprint: bump when the output of an import changes
+IMPORTER_VERSION = 2  # part of the fingerprint: bump when the output of an import changes
+# A data set name is one path component: no '/', no '.' or '..', at most 64 characters.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+LINK_OUTSIDE = "symlink to a path outside the source folder (not followed)"
+LINK_INSIDE = "symlink inside the source folder (not followed: import the file it points to)"
+_DIR_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+)
 
 
 @dataclass
@@ -52,26 +73,64 @@ class ImportResult:
     converted: dict[str, int] = field(default_factory=dict)
 
 
-def _is_image_named_dir(p: Path) -> bool:
-    return p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES
+def dataset_dir(root: str | Path, name: str) -> Path:
+    """``root/name`` once ``name`` is a safe data set name whose folder resolves directly inside ``root``.
+
+    Raises:
+        ConfigError: ``name`` does not match :data:`NAME_PATTERN` (e.g. ``../x``, ``/abs``, ``..``),
+            or ``root/name`` resolves elsewhere (an existing symlink); nothing is written.
+    """
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(
+            f"invalid data set name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with "
+            "a letter or digit (no '/', no '..'); the set is written to <root>/<name>/"
+        )
+    target = Path(root) / name
+    resolved, inside = target.resolve(), Path(root).resolve() / name
+    if resolved != inside:
+        raise ConfigError(
+            f"data set folder {target} resolves to {resolved}, outside --root {root}: "
+            "remove that link or choose another --name"
+        )
+    return target
 
 
-def _walk(folder: Path, base: Path, split: str | None, cls: str | None) -> list[Entry]:
-    """Every file under ``folder`` (recursively); directories named like images are entries too."""
+def _is_folder(p: Path) -> bool:
+    """A real directory (not a symlink) that is not named like an image: walked, not an entry."""
+    return not p.is_symlink() and p.is_dir() and p.suffix.lower() not in IMAGE_SUFFIXES
+
+
+def _link_reason(p: Path, real_src: Path) -> str:
+    """Why the symlink ``p`` is rejected; its target is resolved by name only (never opened)."""
+    target = Path(os.path.realpath(p))
+    return LINK_INSIDE if target == real_src or real_src in target.parents else LINK_OUTSIDE
+
+
+def _entry(
+    p: Path, src: Path, real_src: Path, split: str | None, cls: str | None, reason: str | None = None
+) -> Entry:
+    if p.is_symlink():
+        reason = _link_reason(p, real_src)
+    return Entry(p.relative_to(src).as_posix(), split, cls, reason)
+
+
+def _walk(folder: Path, src: Path, real_src: Path, split: str | None, cls: str | None) -> list[Entry]:
+    """Every entry under ``folder`` (recursively, never through a symlink); directories named like
+    images and symlinks are entries too."""
     out = []
     for p in sorted(folder.iterdir()):
-        rel = p.relative_to(base).as_posix()
-        if p.is_dir() and not p.is_symlink() and not _is_image_named_dir(p):
-            out += _walk(p, base, split, cls)
+        if _is_folder(p):
+            out += _walk(p, src, real_src, split, cls)
         else:
-            out.append(Entry(rel, split, cls))
+            out.append(_entry(p, src, real_src, split, cls))
     return out
 
 
 def scan(src: Path) -> tuple[str, list[Entry]]:
     """The layout (``presplit``, ``classes`` or ``flat``) and every entry of ``src``."""
+    real = src.resolve()
     top = sorted(src.iterdir())
-    dirs = [p for p in top if p.is_dir() and not _is_image_named_dir(p)]
+    dirs = [p for p in top if _is_folder(p)]
     loose = [p for p in top if p not in dirs]
     names = {p.name for p in dirs}
     entries: list[Entry] = []
@@ -80,22 +139,17 @@ def scan(src: Path) -> tuple[str, list[Entry]]:
         for d in dirs:
             if d.name in SPLIT_NAMES:
                 for c in sorted(d.iterdir()):
-                    if c.is_dir() and not _is_image_named_dir(c):
-                        entries += _walk(c, src, d.name, c.name)
+                    if _is_folder(c):
+                        entries += _walk(c, src, real, d.name, c.name)
                     else:
-                        entries.append(
-                            Entry(
-                                c.relative_to(src).as_posix(),
-                                d.name,
-                                None,
-                                f"outside a class folder (put it in {d.name}/<class>/)",
-                            )
-                        )
+                        where = f"outside a class folder (put it in {d.name}/<class>/)"
+                        entries.append(_entry(c, src, real, d.name, None, where))
             elif d.name == "unlabeled":
-                entries += _walk(d, src, "unlabeled", None)
+                entries += _walk(d, src, real, "unlabeled", None)
             else:
                 entries += [
-                    Entry(e.rel, None, None, "outside train/val/test") for e in _walk(d, src, None, None)
+                    Entry(e.rel, None, None, e.reason or "outside train/val/test")
+                    for e in _walk(d, src, real, None, None)
                 ]
     elif dirs:
         layout = "classes"
@@ -103,6 +157,7 @@ def scan(src: Path) -> tuple[str, list[Entry]]:
             entries += _walk(
                 d,
                 src,
+                real,
                 "unlabeled" if d.name == "unlabeled" else None,
                 None if d.name == "unlabeled" else d.name,
             )
@@ -110,9 +165,9 @@ def scan(src: Path) -> tuple[str, list[Entry]]:
         layout = "flat"
     for p in loose:
         if layout == "flat":
-            entries.append(Entry(p.name, "unlabeled", None))
+            entries.append(_entry(p, src, real, "unlabeled", None))
         else:
-            entries.append(Entry(p.name, None, None, "outside a class folder"))
+            entries.append(_entry(p, src, real, None, None, "outside a class folder"))
     return layout, entries
 
 
@@ -124,6 +179,39 @@ def fingerprint(src: Path, entries: list[Entry], options: dict[str, Any]) -> str
         listing.append([e.rel, st.st_mode, st.st_size, st.st_mtime_ns])
     blob = json.dumps({"listing": listing, "options": options, "v": IMPORTER_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _read_beneath(src: Path, src_fd: int | None, rel: str, max_bytes: int) -> bytes:
+    """The bytes of ``src/rel``, opened beneath ``src_fd`` with no symlink followed on the way."""
+    if src_fd is None:  # no dir_fd support (Windows): the scan's checks stand alone
+        return read_image_file(src / rel, max_bytes=max_bytes, follow_symlinks=False)
+    *folders, name = rel.split("/")
+    opened: list[int] = []
+    try:
+        fd = src_fd
+        for part in folders:
+            try:
+                fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    raise ImageError(
+                        f"unreadable: {part!r} is no longer a folder (symlinks are not followed)"
+                    ) from err
+                raise ImageError(f"unreadable: {err.strerror or err}") from err
+            opened.append(fd)
+        return read_image_file(name, dir_fd=fd, max_bytes=max_bytes, follow_symlinks=False)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def _open_source(src: Path) -> int | None:
+    if os.open not in os.supports_dir_fd or os.stat not in os.supports_dir_fd:
+        return None
+    try:
+        return os.open(src, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise DataError(f"cannot open the source {src}: {e.strerror or e}") from e
 
 
 def _safe(stem: str) -> str:
@@ -150,9 +238,14 @@ def import_folder(
     split: str | tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     progress: Callable[[int], Any] | None = None,
 ) -> ImportResult:
-    """Import ``src`` into ``out_dir`` (``data/<name>``); see the module docstring."""
+    """Import ``src`` into ``out_dir`` (``data/<name>``); see the module docstring.
+
+    ``max_pixels``: the decompression-bomb limit (pixels declared by a header); ``max_file_bytes``:
+    a larger file is rejected without being read (default 64 MiB).
+    """
     src, out_dir = Path(src), Path(out_dir)
     if not src.is_dir():
         raise DataError(f"source {src} is not a folder: pass a folder of images (class sub-folders or flat)")
@@ -160,7 +253,13 @@ def import_folder(
         raise DataError(f"the output {out_dir} lies inside the source {src}: choose another --root")
     fractions = parse_fractions(split)
     layout, entries = scan(src)
-    options = {"size": size, "split": list(fractions), "seed": seed, "max_pixels": max_pixels}
+    options = {
+        "size": size,
+        "split": list(fractions),
+        "seed": seed,
+        "max_pixels": max_pixels,
+        "max_file_bytes": max_file_bytes,
+    }
     fp = fingerprint(src, entries, options)
     if _unchanged(out_dir, fp):
         manifest = read_manifest(out_dir)
@@ -179,20 +278,26 @@ def import_folder(
     rejected: list[dict[str, str]] = []
     converted: Counter[str] = Counter()
     good: list[tuple[Entry, Any]] = []
-    for e in entries:
-        if e.reason is None:
-            try:
-                im = open_image(src / e.rel, max_pixels=max_pixels)
-                good.append((e, square_resize(im, size)))
-                mode = im.info.get("source_mode", "RGB")
-                if mode != "RGB":
-                    converted[mode] += 1
-            except ImageError as err:
-                e.reason = str(err)
-        if e.reason is not None:
-            rejected.append({"file": e.rel, "reason": e.reason})
-        if progress:
-            progress(1)
+    src_fd = _open_source(src)
+    try:
+        for e in entries:
+            if e.reason is None:
+                try:
+                    data = _read_beneath(src, src_fd, e.rel, max_file_bytes)
+                    im = open_image(data, max_pixels=max_pixels)
+                    good.append((e, square_resize(im, size)))
+                    mode = im.info.get("source_mode", "RGB")
+                    if mode != "RGB":
+                        converted[mode] += 1
+                except ImageError as err:
+                    e.reason = str(err)
+            if e.reason is not None:
+                rejected.append({"file": e.rel, "reason": e.reason})
+            if progress:
+                progress(1)
+    finally:
+        if src_fd is not None:
+            os.close(src_fd)
 
     classes = sorted({e.cls for e in entries if e.cls is not None})
     empty = [c for c in classes if not any(g.cls == c for g, _ in good)]
