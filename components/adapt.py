@@ -24,6 +24,7 @@ from tessera.names import ADAPT_METHODS, TTT_DEFAULTS
 from tessera.tracking import JsonTracker, NullTracker, Tracker
 
 METHODS = ADAPT_METHODS
+CLASSIFIERS = ("linear", "finetune", "joint", "vit_probe")  # = tessera.adapt.recipes.RECIPES
 CHECKPOINT = "classifier.pt"
 
 
@@ -31,6 +32,8 @@ CHECKPOINT = "classifier.pt"
 class Config:
     """The ``adapt`` section of ``params.yaml``."""
 
+    # the registered classifier (classifier.pt): linear | finetune | joint | vit_probe
+    classifier: str = "linear"
     methods: tuple[str, ...] = ("linear", "knn")  # of linear, knn, finetune (linear always runs)
     epochs: int = 50  # linear-probe epochs (on cached embeddings, so cheap)
     lr: float = 1.0e-2  # linear-probe AdamW learning rate
@@ -47,6 +50,16 @@ class Config:
     ttt_copies: int = TTT_DEFAULTS["copies"]  # TTT-MAE default masked copies per step
     ttt_lr: float = TTT_DEFAULTS["lr"]  # TTT-MAE default SGD learning rate (momentum 0.9)
     ttt_mask_ratio: float = TTT_DEFAULTS["mask_ratio"]  # TTT-MAE default mask ratio
+    recipe_epochs: int = 10  # finetune / joint / vit_probe classifier: epochs
+    recipe_lr: float = 1.0e-3  # its AdamW peak learning rate (linear warm-up, cosine decay)
+    recipe_weight_decay: float = 0.05  # its AdamW weight decay (the TTT-MAE reference probe: 0.2)
+    recipe_batch_size: int = 64  # its images per step
+    recipe_warmup_epochs: float = 1.0  # its warm-up
+    label_smoothing: float = 0.1  # its cross-entropy label smoothing
+    ssl_weight: float = 1.0  # joint: weight of the self-supervised losses (MAE + rotation)
+    crop_scale: float = 0.35  # its random-resized crop: smallest area kept (1: no crop)
+    flip: bool = True  # its horizontal flips (false for digits: a mirrored digit is another one)
+    vit_probe_depth: int = 2  # vit_probe: transformer blocks of the head
     max_train: int = 0  # train on a seeded stratified subset of this many images (0: all)
     seed: int = 0  # seeds heads, shuffling and subsets
 
@@ -56,6 +69,8 @@ def validate(cfg: Config) -> None:
     unknown = sorted(set(cfg.methods) - set(METHODS))
     if unknown:
         raise ConfigError(f"adapt.methods: unknown {unknown}; known: {list(METHODS)}")
+    if cfg.classifier not in CLASSIFIERS:
+        raise ConfigError(f"adapt.classifier: {cfg.classifier!r} is not one of {list(CLASSIFIERS)}")
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise ConfigError("adapt.epochs must be >= 1 and adapt.batch_size >= 2")
     if cfg.knn_k < 1:
@@ -164,14 +179,28 @@ def run(
         "encoder_arch": enc_ckpt["arch"],
         "method": "linear",
     }
+    served, served_config = model, config
+    if cfg.classifier != "linear":
+        checkpoint.save(
+            checkpoint.make(
+                ARCH, config, model.state_dict(), data_version=version, classes=classes, extra=extra
+            ),
+            out_dir / "linear.pt",
+        )
+        served, served_config = _recipe(cfg, model, config, x_train, y_train, tracker)
+        score(cfg.classifier, lambda x: predict(served, x).argmax(1))
+    recipe = {
+        "name": cfg.classifier,
+        **({} if cfg.classifier == "linear" else _recipe_settings(cfg).__dict__),
+    }
     checkpoint.save(
         checkpoint.make(
             ARCH,
-            config,
-            model.state_dict(),
+            served_config,
+            served.state_dict(),
             data_version=version,
             classes=classes,
-            extra={**extra, "metrics": dict(metrics)},
+            extra={**extra, "method": cfg.classifier, "recipe": recipe, "metrics": dict(metrics)},
         ),
         out_dir / CHECKPOINT,
     )
@@ -211,6 +240,44 @@ def run(
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     tracker.log_metrics(metrics, step=cfg.epochs)
     return metrics
+
+
+def _recipe_settings(cfg: Config) -> Any:
+    from tessera.adapt.recipes import RecipeSettings
+
+    return RecipeSettings(
+        epochs=cfg.recipe_epochs,
+        lr=cfg.recipe_lr,
+        weight_decay=cfg.recipe_weight_decay,
+        batch_size=cfg.recipe_batch_size,
+        warmup_epochs=cfg.recipe_warmup_epochs,
+        label_smoothing=cfg.label_smoothing,
+        ssl_weight=cfg.ssl_weight,
+        crop_scale=cfg.crop_scale,
+        flip=cfg.flip,
+        seed=cfg.seed,
+    )
+
+
+def _recipe(
+    cfg: Config, probed: Any, config: dict[str, Any], images: Any, labels: Any, tracker: Tracker
+) -> tuple[Any, dict[str, Any]]:
+    """The classifier of ``cfg.classifier``: fine-tuned or jointly trained from the linear-probed one
+    (its head a warm start), or a ViT probe on the frozen encoder."""
+    import copy
+
+    from tessera.adapt.heads import TTTClassifier
+    from tessera.adapt.recipes import train_recipe
+
+    if cfg.classifier == "vit_probe":
+        config = {**config, "head": "vit", "head_depth": cfg.vit_probe_depth}
+        model = TTTClassifier(**config)
+        model.backbone.load_state_dict(probed.backbone.state_dict())
+    else:
+        model = copy.deepcopy(probed)
+    hook = lambda e, m: tracker.log_metrics({f"adapt/{k}": v for k, v in m.items()}, e)  # noqa: E731
+    train_recipe(model, images, labels, cfg.classifier, _recipe_settings(cfg), on_epoch=hook)
+    return model, config
 
 
 def execute(

@@ -45,6 +45,8 @@ class Config:
     ttt_copies: int | None = None  # TTT-MAE masked copies per step (None: the classifier's)
     ttt_lr: float | None = None  # TTT-MAE SGD learning rate (None: the classifier's)
     ttt_mask_ratio: float | None = None  # TTT-MAE mask ratio (None: the classifier's)
+    ttt_adapt: str = "encoder"  # TTT-MAE parameters: encoder | reference (+ mask token) | norm (LayerNorms)
+    ttt_scale_lr: bool = False  # TTT-MAE: ttt_lr is the reference's base lr, used x copies / 256
     online_reset_every: int = 0  # online TTT: restore the weights every N inputs (0: never in a cell)
     batched: bool = True  # episodic TTT-MAE with the batched (stacked-weights) implementation
     batch_size: int = 32  # inputs per batched TTT call
@@ -77,6 +79,8 @@ def method_settings(cfg: Config, ttt: dict[str, Any]) -> Any:
         lr=float(pick(cfg.ttt_lr, "lr")),
         momentum=float(stored["momentum"]),
         mask_ratio=float(pick(cfg.ttt_mask_ratio, "mask_ratio")),
+        adapt=cfg.ttt_adapt,
+        scale_lr=cfg.ttt_scale_lr,
         reset_every=cfg.online_reset_every,
         seed=cfg.seed,
     )
@@ -146,7 +150,8 @@ def run(
     methods = cfg.methods if "frozen" in cfg.methods else ("frozen", *cfg.methods)  # gains need it
     check_methods(model, methods)
     cells = corrupted_cells(corrupted_dir, cfg.corruptions, cfg.severities)
-    settings = method_settings(cfg, dict(ckpt.get("extra", {}).get("ttt", {})))
+    stored_ttt = dict(ckpt.get("extra", {}).get("ttt", {}))
+    settings = method_settings(cfg, stored_ttt)
     size = model.encoder.img_size
     metrics: dict[str, float] = {}
     x_all, y_all = load_subset(data_dir / "test", classes, 0, cfg.seed)
@@ -186,7 +191,7 @@ def run(
     bar.close()
     _summaries(metrics, acc, totals, seconds, images)
     gains = _gains(metrics, items, cfg)
-    policy = _policy(metrics, gains, settings, cfg)
+    policy = _policy(metrics, gains, settings, cfg, stored_ttt)
     _write_outputs(out_dir, metrics, acc, cells, tracker)
     _write_policy(out_dir, policy, gains, tracker)
     extra = {**dict(ckpt.get("extra") or {}), "policy": policy}  # registered, served: serving reads it
@@ -228,11 +233,23 @@ def _gains(metrics: dict[str, float], items: Any, cfg: Config) -> dict[str, Any]
     return {"methods": out, "reported": reported, "selection": selection}
 
 
-def _policy(metrics: dict[str, float], gains: dict[str, Any], settings: Any, cfg: Config) -> dict[str, Any]:
-    """The release's adaptation policy (:func:`tessera.adapt.policy.choose`) and its metrics."""
+def _policy(
+    metrics: dict[str, float], gains: dict[str, Any], settings: Any, cfg: Config, stored: dict[str, Any]
+) -> dict[str, Any]:
+    """The release's adaptation policy (:func:`tessera.adapt.policy.choose`) and its metrics.
+
+    TTT-MAE is a candidate only as the endpoint runs it: the encoder adapted (batched) with the
+    classifier's own learning rate and mask ratio (the endpoint takes steps and copies per request)."""
     from tessera.adapt.policy import NONE, SERVABLE, Candidate, choose
+    from tessera.names import ttt_defaults
 
     budgets = {"ttt_mae_episodic": {"steps": settings.ttt.steps, "copies": settings.ttt.copies}}
+    served = ttt_defaults(stored)
+    as_served = (
+        settings.ttt.adapt == "encoder"
+        and abs(settings.ttt.effective_lr - float(served["lr"])) < 1e-12
+        and abs(settings.ttt.mask_ratio - float(served["mask_ratio"])) < 1e-12
+    )
     candidates = [
         Candidate(
             m,
@@ -242,7 +259,7 @@ def _policy(metrics: dict[str, float], gains: dict[str, Any], settings: Any, cfg
             g["selection"].high,
             metrics[f"cost/{m}/seconds_per_image"],
             g["selection"].images,
-            servable=m in SERVABLE,
+            servable=m in SERVABLE and (m != "ttt_mae_episodic" or as_served),
         )
         for m, g in gains["methods"].items()
     ]

@@ -214,3 +214,27 @@ def test_unknown_keys_and_methods_are_config_errors(tmp_path: Path) -> None:
         adapt_step.validate(adapt_step.Config(epochs=0))
     with pytest.raises(ConfigError, match="knn_k"):
         adapt_step.validate(adapt_step.Config(knn_k=0))
+
+
+@pytest.mark.parametrize("recipe", ["joint", "vit_probe"])
+def test_the_registered_classifier_is_the_chosen_recipe_and_evaluates(
+    recipe: str, digits_dirs: tuple[Path, Path], encoder_path: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from tessera.models.registry import from_checkpoint
+
+    cfg = adapt_step.Config(classifier=recipe, epochs=5, recipe_epochs=1, recipe_batch_size=32, flip=False)
+    metrics = adapt_step.run(cfg, digits_dirs[0], encoder_path, tmp_path / "a", data_version=DV)
+    ckpt = checkpoint.load(tmp_path / "a" / "classifier.pt", arch=ARCH)
+    assert ckpt["extra"]["recipe"]["name"] == recipe == ckpt["extra"]["method"]
+    assert ckpt["extra"]["recipe"]["epochs"] == 1 and f"{recipe}/test_accuracy" in metrics
+    assert ckpt["config"].get("head", "linear") == ("vit" if recipe == "vit_probe" else "linear")
+    assert checkpoint.load(tmp_path / "a" / "linear.pt")["extra"]["method"] == "linear"
+    model = from_checkpoint(ckpt)  # rebuilt from its recipe's config
+    assert type(model.head).__name__ == ("ViTProbe" if recipe == "vit_probe" else "LinearProbe")
+    small = dataclasses.replace(
+        EVAL, methods=("frozen", "normstat", "ttt_mae_episodic"), corruptions=("contrast",)
+    )
+    m = eval_step.run(small, digits_dirs[0], digits_dirs[1], tmp_path / "a" / "classifier.pt", tmp_path / "e")
+    assert m["corrupted/frozen/mean_accuracy"] == m["corrupted/normstat/mean_accuracy"] or recipe == "joint"

@@ -157,3 +157,27 @@ def test_batched_and_loop_agree_on_cuda(classifier: TTTClassifier, images: torch
         torch.backends.cudnn.allow_tf32 = tf32
     assert res.probs_after.is_cuda
     torch.testing.assert_close(res.probs_after, loop_probs, rtol=0, atol=1e-4)
+
+
+def test_ttt_mae_parameter_sets_and_the_reference_learning_rate(classifier) -> None:
+    """TTTSettings.adapt picks what TTT-MAE updates (the reference: every backbone parameter not
+    named decoder*, so the mask token too); scale_lr uses lr x copies / 256 as the reference does."""
+    import torch
+
+    from tessera.adapt.test_time import TTTSettings
+    from tessera.adapt.ttt_mae import adapted_parameters, ttt_mae_trainer
+
+    names = {id(p): n for n, p in classifier.named_parameters()}
+    ref = {names[id(p)] for p in adapted_parameters(classifier, "reference")}
+    assert "backbone.mask_token" in ref and not any(n.startswith("backbone.decoder") for n in ref)
+    assert not any(n.startswith(("head.", "rot_head.")) for n in ref)
+    norm = adapted_parameters(classifier, "norm")
+    assert norm and all(p.ndim == 1 for p in norm)
+    assert TTTSettings(lr=1e-2, copies=128, scale_lr=True).effective_lr == pytest.approx(5e-3)
+    online = TTTSettings(steps=1, copies=2, lr=1e-2, adapt="norm", scale_lr=True, mode="online")
+    trainer = ttt_mae_trainer(classifier, online)  # online: the update stays, to be inspected
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * 2 / 256)
+    before = {n: p.detach().clone() for n, p in classifier.named_parameters()}
+    trainer.run(torch.rand(1, 3, 32, 32), 0)
+    changed = {n for n, p in classifier.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".norm" in n or "norm1" in n or "norm2" in n for n in changed), changed

@@ -35,7 +35,6 @@ from torch import nn
 from tessera.adapt.heads import TTTClassifier
 from tessera.adapt.ttt_mae import require_decoder, ttt_noise_batch
 from tessera.errors import ModelError
-from tessera.models.embed import pool_tokens
 from tessera.models.vit import ViTEncoder
 from tessera.names import TTT_DEFAULTS
 
@@ -156,7 +155,7 @@ def _recon_loss(
 def _probs(model: TTTClassifier, w: Weights, images: torch.Tensor) -> torch.Tensor:
     """(B, K) class probabilities with every patch visible (mask ratio 0), as ``model(images)``."""
     tokens = encode(model.encoder, w, patch_tokens(model.encoder, w, images).unsqueeze(1))
-    return model.head(pool_tokens(tokens)).softmax(dim=1)
+    return model.classify_tokens(tokens).softmax(dim=1)
 
 
 def _sgd_step(

@@ -75,7 +75,7 @@ def run_method(
             return tent.run(images)
         finally:
             tent.reset()
-    if method == "ttt_mae_episodic" and settings.batched:
+    if method == "ttt_mae_episodic" and settings.batched and settings.ttt.adapt == "encoder":
         t = settings.ttt
         out = []
         for i in range(0, len(images), settings.batch_size):
@@ -85,7 +85,7 @@ def run_method(
                 chunk,
                 steps=t.steps,
                 copies=t.copies,
-                lr=t.lr,
+                lr=t.effective_lr,
                 momentum=t.momentum,
                 weight_decay=t.weight_decay,
                 mask_ratio=t.mask_ratio,

@@ -12,6 +12,8 @@ predictions (:func:`has_batchnorm` says which).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -34,8 +36,8 @@ def normstat_predict(
 
     The model itself is not modified.
     """
-    bn = model.head.bn
-    if bn.running_mean is None or bn.running_var is None:
+    bn = getattr(model.head, "bn", None)  # the linear probe's; a ViT probe has no BatchNorm
+    if bn is None or bn.running_mean is None or bn.running_var is None:
         return torch.cat(
             [model.eval()(images[i : i + batch_size]).softmax(1) for i in range(0, len(images), batch_size)]
         )
@@ -47,5 +49,6 @@ def normstat_predict(
         mean = (1 - w) * bn.running_mean + w * feats.mean(dim=0)  # (D,)
         var = (1 - w) * bn.running_var + w * feats.var(dim=0, unbiased=False)  # (D,)
         normed = (feats - mean) / torch.sqrt(var + bn.eps)  # (n, D)
-        out.append(model.head.fc(normed).softmax(dim=1))
+        fc: Any = model.head.fc  # the linear probe's classifier
+        out.append(fc(normed).softmax(dim=1))
     return torch.cat(out) if out else torch.empty(0, model.num_classes)

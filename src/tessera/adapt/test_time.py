@@ -24,6 +24,10 @@ from tessera.names import TTT_DEFAULTS
 # loss(model, x (1, C, H, W), index of the input in its stream, step) -> scalar loss
 SSLLoss = Callable[[TTTClassifier, torch.Tensor, int, int], torch.Tensor]
 MODES = ("episodic", "online")
+# TTT-MAE: which parameters adapt. encoder: the ViT encoder; reference: as yossigandelsman's
+# engine_test_time.py, every backbone parameter whose name does not start with "decoder" (the encoder
+# and the mask token); norm: the encoder's LayerNorm affine parameters only.
+ADAPT_PARAMS = ("encoder", "reference", "norm")
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,19 @@ class TTTSettings:
     mode: str = "episodic"  # episodic (restore after every input) or online (keep adapting)
     reset_every: int = 0  # online: restore the initial weights every N inputs (0 = never)
     seed: int = 0  # seed of the masks (TTT-MAE)
+    adapt: str = "encoder"  # TTT-MAE: encoder | reference | norm (ADAPT_PARAMS)
+    scale_lr: bool = False  # TTT-MAE: lr is the reference's base lr, used as lr x copies / 256
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"TTT mode must be one of {MODES}, got {self.mode!r}")
+        if self.adapt not in ADAPT_PARAMS:
+            raise ValueError(f"TTT adapt must be one of {ADAPT_PARAMS}, got {self.adapt!r}")
+
+    @property
+    def effective_lr(self) -> float:
+        """The SGD learning rate used: ``lr``, or ``lr x copies / 256`` with ``scale_lr``."""
+        return self.lr * self.copies / 256 if self.scale_lr else self.lr
         if self.steps < 0 or self.copies < 1 or self.reset_every < 0:
             raise ValueError(f"invalid TTT settings: {self}")
 
@@ -71,7 +84,7 @@ class TestTimeTrainer:
     ) -> None:
         self.model, self.params, self.loss_fn, self.settings = model, params, loss_fn, settings
         self.optimizer = torch.optim.SGD(
-            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+            params, lr=settings.effective_lr, momentum=settings.momentum, weight_decay=settings.weight_decay
         )
         self._weights0 = [p.detach().clone() for p in params]
         self._opt_state0 = copy.deepcopy(self.optimizer.state_dict())

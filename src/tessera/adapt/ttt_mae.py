@@ -2,10 +2,12 @@
 
 For each test input: ``steps`` SGD steps (momentum 0.9, lr 5e-3 in the reference) on the MAE
 reconstruction loss of a batch of ``copies`` copies of that image, each with its own random mask,
-updating the encoder only (decoder and classification head frozen); then the prediction of the
-adapted encoder with every patch visible (mask ratio 0). The masks come from explicit noise tensors
-(:func:`ttt_noise`), seeded per input, so the per-sample loop here and the batched version
-(:mod:`tessera.adapt.batched`) see exactly the same masks.
+updating the encoder by default (decoder and classification head frozen; ``TTTSettings.adapt``:
+``reference`` adds the mask token, as the reference's "every parameter not named decoder",
+``norm`` adapts the encoder's LayerNorms only; ``scale_lr`` takes ``lr`` as the reference's base
+rate, x copies / 256); then the prediction of the adapted encoder with every patch visible. The
+masks come from explicit noise tensors (:func:`ttt_noise`), seeded per input, so the per-sample
+loop here and the batched version (:mod:`tessera.adapt.batched`) see exactly the same masks.
 """
 
 from __future__ import annotations
@@ -62,7 +64,22 @@ def ttt_mae_trainer(model: TTTClassifier, settings: TTTSettings) -> TestTimeTrai
             cache[index] = ttt_noise(settings.seed, index, settings.steps, settings.copies, num_patches)
         return reconstruction_loss(m, x, cache[index][step], settings.mask_ratio)
 
-    return TestTimeTrainer(model, list(model.encoder.parameters()), loss_fn, settings)
+    return TestTimeTrainer(model, adapted_parameters(model, settings.adapt), loss_fn, settings)
+
+
+def adapted_parameters(model: TTTClassifier, which: str = "encoder") -> list[torch.nn.Parameter]:
+    """The parameters TTT-MAE updates (``TTTSettings.adapt``): the encoder's; the reference's set
+    (every backbone parameter not named ``decoder*``: the encoder and the mask token); or the
+    encoder's LayerNorm affine parameters."""
+    if which == "encoder":
+        return list(model.encoder.parameters())
+    if which == "reference":
+        return [p for n, p in model.backbone.named_parameters() if not n.startswith("decoder")]
+    if which == "norm":
+        return [
+            p for m in model.encoder.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()
+        ]
+    raise ValueError(f"unknown TTT-MAE parameter set {which!r}")
 
 
 def ttt_mae_predict(
