@@ -130,7 +130,7 @@ def one_set(name: str, data: Path, args: argparse.Namespace, work: Path, figures
     out = work / f"{name}-gen"
     shutil.rmtree(out, ignore_errors=True)
     tracker, t1 = Collect(), time.time()
-    m = run(cfg, data, enc_path, out, tracker=tracker)
+    m = run(cfg, data, enc_path, out, tracker=tracker, data_version={"md5": "bench-generator-quality"})
     t_gen = time.time() - t1
     print(f"  epoch 0 (untrained): fd {m['fd_initial']:.4f} kid {m['kid_initial']:.5f}")
     for step, row in tracker.rows:

@@ -8,6 +8,15 @@ CIFAR-10 from ``/work/shared/data/cifar10`` (unpacked to /tmp, never into the re
 
     python bench/robustness.py --dataset digits --pretrain-s 120 --per-cell 20
     python bench/robustness.py --dataset cifar10 --pretrain-s 240 --per-cell 20
+    python bench/robustness.py --dataset cifar10 --classifier joint --recipe-epochs 5 --corruptions all
+
+``--classifier`` picks the recipe of the classifier (``adapt.classifier``: linear, finetune, joint,
+vit_probe). ``--corruptions all`` scores the 15 standard corruptions and the 4 extra ones, which
+choose the adaptation policy (reported on the 15). It ends with the gain of every method over frozen
+(paired, 95% interval resampled by source image), the chosen policy and the RESULT lines
+``robustness_<data>_clean_acc``, ``_headroom`` (clean minus the corrupted mean, frozen),
+``_policy_gain`` / ``_policy_gain_ci_low`` and ``_ttt_mae_gain`` / ``_ttt_mae_gain_ci_low`` (the
+better of episodic and online).
 
 ``--ttt-grid 1x4,5x8,20x16`` adds the budget table: episodic TTT-MAE at each ``steps x copies`` on the
 same corrupted images, its accuracy, cost, and the paired difference from the reference budget (the
@@ -36,11 +45,13 @@ from tessera.adapt.evalset import corrupted_cells, fit_size, load_subset
 from tessera.adapt.evaluation import MethodSettings, run_method
 from tessera.adapt.metrics import ci95_halfwidth
 from tessera.adapt.test_time import TTTSettings
-from tessera.corruptions import corrupt
+from tessera.corruptions import ALL_CORRUPTIONS, corrupt
+from tessera.corruptions import CORRUPTIONS as CORRUPTIONS_15
 from tessera.data.folder import load_split
 from tessera.models import registry
 
-CORRUPTIONS = ("gaussian_noise", "defocus_blur", "contrast", "jpeg_compression", "fog")
+FIVE = ("gaussian_noise", "defocus_blur", "contrast", "jpeg_compression", "fog")
+CORRUPTIONS = FIVE  # the table's columns
 
 
 def _save(root: Path, images: np.ndarray, labels: list[str]) -> None:
@@ -79,14 +90,18 @@ def cifar10(root: Path, n_train: int = 10000) -> None:
             Image.open(f).convert("RGB").save(root / split / f.parent.name / f"{i:05d}.png")
 
 
-def corrupt_set(data: Path, out: Path, per_class: int, severities: tuple[int, ...]) -> None:
+def corrupt_set(
+    data: Path, out: Path, per_class: int, severities: tuple[int, ...], names: tuple[str, ...] = FIVE
+) -> None:
     x, y, classes = load_split(data, "test")
     keep = np.concatenate([np.flatnonzero(y.numpy() == c)[:per_class] for c in range(len(classes))])
     imgs = (x[keep].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    names = [classes[int(y[i])] for i in keep]
-    for c in CORRUPTIONS:
+    labels = [classes[int(y[i])] for i in keep]
+    for c in names:
         for s in severities:
-            _save(out / c / str(s), np.stack([corrupt(im, c, s, seed=i) for i, im in enumerate(imgs)]), names)
+            _save(
+                out / c / str(s), np.stack([corrupt(im, c, s, seed=i) for i, im in enumerate(imgs)]), labels
+            )
 
 
 def pretrain(images: torch.Tensor, arch: str, seconds: float) -> tuple[torch.nn.Module, int]:
@@ -198,25 +213,44 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="reuse the encoder/classifier of an earlier run")
     p.add_argument("--skip-table", action="store_true", help="only the grid and learning-rate sweeps")
     p.add_argument("--work", default="/tmp/tessera-robustness")
+    p.add_argument("--classifier", default="linear", choices=adapt_step.CLASSIFIERS)
+    p.add_argument("--recipe-epochs", type=int, default=5)
+    p.add_argument("--recipe-lr", type=float, default=1e-3)
+    p.add_argument("--corruptions", choices=("five", "all"), default="five", help="all: the 15 + the 4 extra")
     a = p.parse_args()
     sev = tuple(int(s) for s in a.severities.split(","))
     work = Path(a.work) / a.dataset
     data, cdata = work / a.dataset, work / f"{a.dataset}-c"
     if not (data / "test").is_dir():
         (digits if a.dataset == "digits" else cifar10)(data)
+    names = FIVE if a.corruptions == "five" else ALL_CORRUPTIONS
     if not cdata.is_dir():
-        corrupt_set(data, cdata, max(1, a.per_cell // 10), sev)
-    enc, clf = work / "encoder.pt", work / "adapt" / "classifier.pt"
-    if not (a.reuse and clf.is_file()):
+        corrupt_set(data, cdata, max(1, a.per_cell // 10), sev, names)
+    enc, clf = work / "encoder.pt", work / f"adapt-{a.classifier}" / "classifier.pt"
+    if not (a.reuse and enc.is_file()):
         x, _, _ = load_split(data, "train")
         mae, steps = pretrain(x, a.arch, a.pretrain_s)
         checkpoint.save(checkpoint.make(a.arch, registry.config_of(a.arch), mae.state_dict()), enc)
-        am = adapt_step.run(
-            adapt_step.Config(methods=("linear", "knn"), epochs=60), data, enc, work / "adapt"
+        print(f"dataset {a.dataset} arch {a.arch} pretrain {a.pretrain_s:.0f}s ({steps} steps of 128)")
+    if not (a.reuse and clf.is_file()):
+        recipe = adapt_step.Config(
+            classifier=a.classifier,
+            methods=("linear", "knn"),
+            epochs=60,
+            recipe_epochs=a.recipe_epochs,
+            recipe_lr=a.recipe_lr,
+            flip=a.dataset != "digits",  # a mirrored digit is another digit
+            ttt_steps=a.steps,
+            ttt_copies=a.copies,
+            ttt_lr=a.lr,
         )
+        version = {"md5": f"bench-{a.dataset}-{a.per_cell}"}  # not a DVC-tracked folder
+        t0 = time.time()
+        am = adapt_step.run(recipe, data, enc, clf.parent, data_version=version)
         print(
-            f"dataset {a.dataset} arch {a.arch} pretrain {a.pretrain_s:.0f}s ({steps} steps of 128);"
-            f" linear probe test {am['linear/test_accuracy']:.3f}, kNN {am['knn/test_accuracy']:.3f}"
+            f"classifier {a.classifier} ({time.time() - t0:.0f} s):"
+            f" test {am[f'{a.classifier}/test_accuracy']:.3f}"
+            f" (linear probe {am['linear/test_accuracy']:.3f}, kNN {am['knn/test_accuracy']:.3f})"
         )
     cfg = eval_step.Config(
         per_cell=a.per_cell,
@@ -254,19 +288,44 @@ def table(
         f"TTT-MAE: {a.steps} steps x {a.copies} copies, lr {a.lr}; rotation TTT: 1 step, lr 1e-3;"
         f" {a.per_cell} images per cell, severities {sev}"
     )
-    header = ["method", "clean", *[f"{c[:10]}@{sev[-1]}" for c in CORRUPTIONS], "mean(all)", "s/img"]
+    header = ["method", "clean", *[f"{c[:10]}@{sev[-1]}" for c in CORRUPTIONS], "mean", "gain [95%]", "s/img"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for meth in cfg.methods:
         row = [meth, f"{m[f'clean/{meth}/accuracy']:.2f}"]
         row += [f"{m[f'corrupted/{meth}/{c}/{sev[-1]}']:.2f}" for c in CORRUPTIONS]
+        gain = (
+            "-"
+            if meth == "frozen"
+            else f"{m[f'gain/{meth}/mean']:+.3f} "
+            f"[{m[f'gain/{meth}/ci_low']:+.3f}, {m[f'gain/{meth}/ci_high']:+.3f}]"
+        )
         row += [
-            f"{m[f'corrupted/{meth}/mean_accuracy']:.3f}±{m[f'corrupted/{meth}/ci95']:.3f}",
+            f"{m[f'corrupted/{meth}/mean_accuracy']:.3f}",
+            gain,
             f"{m[f'cost/{meth}/seconds_per_image']:.3f}",
         ]
         print("| " + " | ".join(row) + " |")
+    policy = json.loads((work / "evaluate" / eval_step.POLICY_FILE).read_text())
+    print(f"images: {int(m['gain/ttt_mae_episodic/images'])} distinct source images per method")
+    print(f"adaptation policy {policy['version']}: {policy['method']} - {policy['reason']}")
+    print(f"  chosen on {policy['selected_on']}")
+    ds = a.dataset
     for meth in cfg.methods:
-        print(f"RESULT robustness_{a.dataset}_{meth}_mean_acc {m[f'corrupted/{meth}/mean_accuracy']:.4f} acc")
+        print(f"RESULT robustness_{ds}_{meth}_mean_acc {m[f'corrupted/{meth}/mean_accuracy']:.4f} acc")
+    best = max(("ttt_mae_episodic", "ttt_mae_online"), key=lambda k: m[f"gain/{k}/mean"])
+    print(f"RESULT robustness_{ds}_clean_acc {m['clean/accuracy']:.4f} acc")
+    print(
+        f"RESULT robustness_{ds}_headroom {m['clean/accuracy'] - m['corrupted/frozen/mean_accuracy']:.4f} acc"
+    )
+    print(f"RESULT robustness_{ds}_policy_gain {m['policy/gain']:.4f} acc")
+    print(f"RESULT robustness_{ds}_policy_gain_ci_low {m['policy/ci_low']:.4f} acc")
+    print(f"RESULT robustness_{ds}_ttt_mae_gain {m[f'gain/{best}/mean']:.4f} acc ({best})")
+    print(f"RESULT robustness_{ds}_ttt_mae_gain_ci_low {m[f'gain/{best}/ci_low']:.4f} acc")
+    online_vs = m["corrupted/ttt_mae_online/mean_accuracy"] - m["corrupted/ttt_mae_episodic/mean_accuracy"]
+    print(f"RESULT robustness_{ds}_ttt_online_vs_episodic {online_vs:+.4f} acc (mean over the streams)")
+    positive = sum(m[f"gain/{best}/{c}/mean"] > 0 for c in CORRUPTIONS_15 if f"gain/{best}/{c}/mean" in m)
+    print(f"RESULT robustness_{ds}_ttt_mae_corruptions_gaining {positive} of 15")
     (work / "summary.json").write_text(json.dumps(m, indent=1))
 
 
