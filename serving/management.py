@@ -2,7 +2,11 @@
 
 Plain functions over HTTP, used by the Prefect flow ``flows/deploy.py`` and the ``tessera serve``
 commands. Each model keeps its deployment history in ``<home>/deployments.json`` (the versions made
-default, in order), so a rollback knows the previous version even after a restart. Under token
+default, in order), so a rollback knows the previous version even after a restart. After every
+register, set-default and unregister, ``<home>/registered.json`` records what TorchServe then holds
+(each model's versions, their archives and workers, its default); ``serving.server.start`` calls
+``restore`` to register that again after a restart (TorchServe runs with ``--ncs``: no snapshots of
+its own), so a stopped, crashed or killed server comes back serving the same versions. Under token
 authorisation the management key comes from ``$TESSERA_TS_MANAGEMENT_KEY`` or TorchServe's key file;
 it is sent in a header and never logged or printed.
 """
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +24,9 @@ from typing import Any
 import requests
 
 from serving.server import Server, ServingError
+
+log = logging.getLogger(__name__)
+REGISTERED = "registered.json"
 
 
 def _check(r: requests.Response, what: str) -> Any:
@@ -51,6 +60,11 @@ def default_version(server: Server, name: str) -> str | None:
 
 def register(server: Server, mar: str | Path, workers: int = 1, timeout_s: int = 300) -> None:
     """Register an archive of the model store (synchronously: returns once its workers are up)."""
+    _register(server, mar, workers, timeout_s)
+    save_state(server)
+
+
+def _register(server: Server, mar: str | Path, workers: int = 1, timeout_s: int = 300) -> None:
     params: dict[str, Any] = {
         "url": Path(mar).name,
         "initial_workers": workers,
@@ -67,6 +81,11 @@ def register(server: Server, mar: str | Path, workers: int = 1, timeout_s: int =
 
 
 def set_default(server: Server, name: str, version: str) -> None:
+    _set_default(server, name, version)
+    save_state(server)
+
+
+def _set_default(server: Server, name: str, version: str) -> None:
     r = requests.put(
         f"{server.management_url}/models/{name}/{version}/set-default",
         headers=server.headers("management"),
@@ -80,6 +99,7 @@ def unregister(server: Server, name: str, version: str) -> None:
         f"{server.management_url}/models/{name}/{version}", headers=server.headers("management"), timeout=60
     )
     _check(r, f"unregistering {name} v{version}")
+    save_state(server)
 
 
 def probe_request(kind: str, size: int = 32, seed: int = 0) -> tuple[bytes, dict[str, str]]:
@@ -130,6 +150,75 @@ def smoke(server: Server, name: str, version: str, kind: str, warmup: int = 2) -
         "model_version": answer.get("model_version"),
         "data_version": answer.get("data_version"),
     }
+
+
+# -- what is registered, for a restart -----------------------------------------------------------
+def registered(server: Server) -> dict[str, dict[str, Any]]:
+    """``{model: {"default": version, "versions": {version: {"url": archive, "workers": n}}}}`` as
+    last recorded in ``<home>/registered.json`` (empty if nothing was)."""
+    path = server.home / REGISTERED
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_state(server: Server) -> dict[str, dict[str, Any]]:
+    """Record what TorchServe holds now (every model, version, archive, workers, default).
+
+    Written to a temporary file and renamed, so a kill at any moment leaves the previous record or
+    the new one, never half of one.
+    """
+    mgmt = server.headers("management")
+    listed = _check(requests.get(f"{server.management_url}/models", headers=mgmt, timeout=30), "listing")
+    state: dict[str, dict[str, Any]] = {}
+    for m in listed.get("models", []):
+        name = m["modelName"]
+        described = _check(
+            requests.get(f"{server.management_url}/models/{name}/all", headers=mgmt, timeout=30),
+            f"describing {name}",
+        )
+        state[name] = {
+            "default": default_version(server, name),
+            "versions": {
+                str(v["modelVersion"]): {"url": v["modelUrl"], "workers": int(v.get("minWorkers") or 1)}
+                for v in described
+            },
+        }
+    path = server.home / REGISTERED
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return state
+
+
+def restore(server: Server) -> dict[str, Any]:
+    """Register again what ``registered.json`` records and make the recorded defaults default.
+
+    For a server that just started: versions it already has (``--models`` at start) are kept, the
+    recorded default of each model is registered first (so no other version answers for it), an
+    archive no longer in the model store is skipped with a warning. Returns what was registered and
+    skipped; a registration that fails raises ``ServingError``. The record is rewritten only at the
+    end, so an interrupted restore leaves it whole for the next start.
+    """
+    record = registered(server)
+    done: dict[str, list[str]] = {}
+    skipped: list[str] = []
+    for name, entry in sorted(record.items()):
+        have = set(versions(server, name))
+        default = entry.get("default")
+        order = sorted(entry.get("versions", {}).items(), key=lambda kv: kv[0] != default)
+        for version, info in order:
+            if version in have:
+                continue
+            mar = server.model_store / Path(info["url"]).name
+            if not mar.is_file():
+                log.warning("not restoring %s v%s: %s is not in the model store", name, version, mar)
+                skipped.append(f"{name} v{version}")
+                continue
+            _register(server, mar.name, workers=int(info.get("workers") or 1))
+            done.setdefault(name, []).append(version)
+        if default and default in versions(server, name) and default_version(server, name) != default:
+            _set_default(server, name, default)
+    save_state(server)  # now with what ``--models`` loaded at start, without what was skipped
+    return {"registered": done, "skipped": skipped}
 
 
 # -- history -----------------------------------------------------------------------------------

@@ -8,20 +8,37 @@ Everything of one instance lives in its *home* folder (default ``.tessera/servin
     home/logs/               TorchServe's logs and the launcher's output
     home/key_file.json       the token keys (production config only), written by TorchServe
     home/server.json         what this module started: ports, config, pid
+    home/registered.json     what is registered (versions, archives, workers, defaults): written by
+                             serving.management after every change, read back by ``start``
 
 Two instances never share a TMPDIR, so their PID files and sockets cannot collide.
+
+A restart (clean stop, crash, ``kill -9`` of the frontend) serves what was registered before:
+``start`` re-registers the versions of ``registered.json`` from the model store and makes the
+recorded defaults default again (TorchServe's own snapshots stay off with ``--ncs``). A PID file
+left by a dead frontend is removed, never mistaken for a running server.
+
+``python -m serving.server`` runs one instance in the foreground (the containers' entry point):
+start, then a token-free health endpoint, ``GET /ping`` on ``--health-port``, that answers 200 only
+while TorchServe's own ``/ping`` (asked with the inference key) says Healthy; SIGTERM stops it.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
+import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +49,8 @@ CONFIGS = {"local": CONFIG_DIR / "local.properties", "production": CONFIG_DIR / 
 LOG_CONFIG = CONFIG_DIR / "log4j2.xml"  # one rotated file per log, warnings and errors on stdout
 KEY_ENV = {"management": "TESSERA_TS_MANAGEMENT_KEY", "inference": "TESSERA_TS_INFERENCE_KEY"}
 DEFAULT_HOME = Path(".tessera/serving")
+FRONTEND_CLASS = "org.pytorch.serve.ModelServer"  # the Java main class in the frontend's command line
+log = logging.getLogger(__name__)
 
 
 class ServingError(TesseraError):
@@ -132,6 +151,21 @@ class Server:
         return cls(**data)
 
 
+def allowed_urls(store: Path) -> str:
+    """TorchServe's ``allowed_urls``: ``file://`` archives directly in ``store``, nothing else.
+
+    TorchServe matches each comma-separated regex against the whole URL (case-insensitively) and
+    refuses a ``file://``/``http(s)://`` URL that none matches; a bare archive name (what
+    ``management.register`` sends) is looked up in the model store and needs no pattern. Every
+    character of the path but letters, digits and ``/`` is escaped (a comma as ``\\x2c``: the list is
+    split on commas).
+    """
+    path = "".join(
+        c if c.isalnum() or c == "/" else ("\\x2c" if c == "," else "\\" + c) for c in str(store).rstrip("/")
+    )
+    return f"file://{path}/[^/]+\\.mar"
+
+
 def render_config(template: Path, server: Server) -> Path:
     """Write ``home/config.properties``: the template with this instance's addresses and paths."""
     own = {
@@ -143,9 +177,11 @@ def render_config(template: Path, server: Server) -> Path:
         "grpc_management_port": str(server.ports.grpc_management),
         "model_store": str(server.model_store),
         "metrics_config": str(CONFIG_DIR / "metrics.yaml"),
+        "allowed_urls": allowed_urls(server.model_store),
     }
     lines = [ln for ln in template.read_text().splitlines() if ln.split("=", 1)[0].strip() not in own]
-    lines += [f"{k}={v}" for k, v in own.items()]
+    # a .properties value takes ``\\`` for a backslash (Java's Properties.load drops a lone one)
+    lines += ["{}={}".format(k, v.replace("\\", "\\\\")) for k, v in own.items()]
     out = server.home / "config.properties"
     out.write_text("\n".join(lines) + "\n")
     return out
@@ -175,11 +211,18 @@ def start(
     models: dict[str, str] | None = None,
     timeout: float = 90.0,
     host: str = "127.0.0.1",
+    restore: bool = True,
+    console: bool = False,
 ) -> Server:
     """Start TorchServe in ``home`` with the ``local`` or ``production`` config (or a file path).
 
-    ``models`` maps names to archives in the model store to load at start. Returns once ``/ping``
-    answers healthy (with the inference key under token authorisation).
+    ``models`` maps names to archives in the model store to load at start. With ``restore`` the
+    versions recorded in ``home/registered.json`` (what was registered when this home's server last
+    changed, see ``serving.management.restore``) are registered again and their defaults set, so a
+    restart serves what it served before. Returns once ``/ping`` answers healthy (with the inference
+    key under token authorisation) and the recorded versions are back. ``console`` (containers):
+    TorchServe's own log configuration and its output on this process's standard output, for the
+    runtime's log collector, instead of ``log4j2.xml`` and ``home/logs/torchserve.out``.
     """
     home = Path(home).resolve()
     template = CONFIGS.get(config, Path(config))
@@ -188,8 +231,15 @@ def start(
     server = Server(home, ports or Ports(), config, host=host)
     if (home / "server.json").is_file() and Server.load(home).ping():
         raise ServingError(f"a TorchServe already runs from {home}: `tessera serve down` first")
+    running = _frontend_pid(home)  # also removes a PID file a killed frontend left behind
+    if running is not None:
+        raise ServingError(
+            f"a TorchServe (pid {running}) already runs from {home} but does not answer: "
+            "`tessera serve down` first"
+        )
     for sub in ("model-store", "tmp", "logs"):
         (home / sub).mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(home / "tmp" / "models", ignore_errors=True)  # archives a killed frontend unpacked
     (home / "key_file.json").unlink(missing_ok=True)
     cfg = render_config(template, server)
     cmd = [
@@ -200,25 +250,32 @@ def start(
         str(server.model_store),
         "--ts-config",
         str(cfg),
-        "--log-config",
-        str(LOG_CONFIG),
     ]
+    if not console:
+        cmd += ["--log-config", str(LOG_CONFIG)]
     if models:
         cmd += ["--models", *[f"{k}={v}" for k, v in models.items()]]
-    with open(home / "logs" / "torchserve.out", "ab") as log:
-        subprocess.run(cmd, cwd=home, env=_env(home), stdout=log, stderr=subprocess.STDOUT, check=True)
-    pid_file = home / "tmp" / ".model_server.pid"
-    server.pid = int(pid_file.read_text().strip()) if pid_file.is_file() else None
+    if console:
+        sys.stdout.flush()
+        subprocess.run(cmd, cwd=home, env=_env(home), check=True)
+    else:
+        with open(home / "logs" / "torchserve.out", "ab") as out:
+            subprocess.run(cmd, cwd=home, env=_env(home), stdout=out, stderr=subprocess.STDOUT, check=True)
+    server.pid = _read_pid(home)
     server.save()
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             if server.ping():
+                if restore:
+                    from serving import management  # management imports this module
+
+                    management.restore(server)
                 return server
             if server.pid is not None and not _alive(server.pid):
                 break
             time.sleep(0.25)
-    except BaseException:  # never leave an orphan server behind (Ctrl-C, unexpected errors)
+    except BaseException:  # never leave an orphan server behind (Ctrl-C, a failed restore, ...)
         stop(home)
         raise
     tail = "\n".join(
@@ -238,31 +295,72 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+        os.kill(pid, sig)
+
+
+def _read_pid(home: Path) -> int | None:
+    try:
+        return int((home / "tmp" / ".model_server.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_frontend(pid: int, home: Path) -> bool:
+    """Whether ``pid`` is the Java frontend started with this home's config (not a recycled PID)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:  # no /proc (macOS): trust a live PID, TorchServe's launcher checks the class name
+        return _alive(pid) and not Path("/proc/self").exists()
+    return FRONTEND_CLASS in argv and str(home / "config.properties") in argv  # empty for a zombie
+
+
+def _frontend_pid(home: Path) -> int | None:
+    """The PID of this home's running frontend, from its PID file or ``server.json``; else None.
+
+    A PID file whose process is gone or is something else (after ``kill -9`` of the frontend, a
+    crash, a reboot) is removed, so neither ``start`` nor TorchServe's launcher is blocked by it and
+    ``torchserve --stop`` cannot signal a process that took the PID over.
+    """
+    pid_file = home / "tmp" / ".model_server.pid"
+    recorded = None
+    if (home / "server.json").is_file():
+        try:
+            recorded = Server.load(home).pid
+        except (ServingError, ValueError, TypeError):
+            recorded = None
+    for pid in (_read_pid(home), recorded):
+        if pid is not None and _is_frontend(pid, home):
+            return pid
+    if pid_file.exists():
+        log.warning("removing the stale TorchServe PID file %s", pid_file)
+        pid_file.unlink(missing_ok=True)
+    return None
+
+
 def stop(home: str | Path = DEFAULT_HOME, timeout: float = 60.0) -> bool:
-    """Stop the TorchServe started from ``home``; ``False`` if none was running."""
+    """Stop the TorchServe started from ``home``; ``False`` if none was running.
+
+    SIGTERM to the frontend (what ``torchserve --stop`` sends: it stops its workers and exits),
+    SIGKILL if it is still there after ``timeout`` seconds.
+    """
     home = Path(home).resolve()
     if not (home / "tmp").is_dir():
         return False
-    pid_file = home / "tmp" / ".model_server.pid"
-    pid = int(pid_file.read_text().strip()) if pid_file.is_file() else None
-    if (home / "server.json").is_file():
-        pid = Server.load(home).pid or pid
-    was_running = pid is not None and _alive(pid)
-    with open(home / "logs" / "torchserve.out", "ab") as log:
-        subprocess.run(
-            [_torchserve(), "--stop", "--foreground"],
-            cwd=home,
-            env=_env(home),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=timeout + 10,
-            check=False,
-        )
-    deadline = time.monotonic() + timeout
-    while pid is not None and _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    pid = _frontend_pid(home)
+    if pid is not None:
+        _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _is_frontend(pid, home) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _is_frontend(pid, home):
+            log.warning("TorchServe (pid %d) did not stop within %.0fs: killing it", pid, timeout)
+            _signal(pid, signal.SIGKILL)
+    (home / "tmp" / ".model_server.pid").unlink(missing_ok=True)
     (home / "server.json").unlink(missing_ok=True)
-    return was_running
+    (home / "key_file.json").unlink(missing_ok=True)
+    return pid is not None
 
 
 def status(home: str | Path = DEFAULT_HOME) -> dict[str, Any]:
@@ -301,3 +399,120 @@ def status(home: str | Path = DEFAULT_HOME) -> dict[str, Any]:
         except (requests.RequestException, ValueError) as e:
             info["error"] = f"could not list models: {e}"
     return info
+
+
+# -- the foreground runner (containers) ---------------------------------------------------------
+class _Health(BaseHTTPRequestHandler):
+    """``GET /ping``: 200 ``{"status": "Healthy"}`` while TorchServe's own ``/ping`` (asked with the
+    inference key) is healthy, else 503. No token: it tells a probe only whether the server is up."""
+
+    server_version = "tessera-health"
+    target: Server  # set on the subclass made by ``serve_health``
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path.split("?", 1)[0] != "/ping":
+            self._send(404, {"code": 404, "message": "only /ping here"})
+            return
+        ok = self.target.ping()
+        self._send(200 if ok else 503, {"status": "Healthy" if ok else "Unhealthy"})
+
+    def _send(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        pass  # a probe every few seconds: not worth a log line each
+
+
+def serve_health(server: Server, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """The token-free health endpoint of ``server`` on ``host:port``, answered from a daemon thread."""
+    handler = type("Health", (_Health,), {"target": server})
+    httpd = ThreadingHTTPServer((host, port), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, name="tessera-health", daemon=True).start()
+    return httpd
+
+
+def run(
+    home: str | Path,
+    config: str,
+    ports: Ports,
+    health_port: int,
+    host: str = "127.0.0.1",
+    health_host: str | None = None,
+    timeout: float = 300.0,
+) -> int:
+    """Start (and restore) TorchServe, serve the health endpoint, return when the frontend exits.
+
+    SIGTERM/SIGINT stop TorchServe cleanly (0); a frontend that dies on its own returns 1, so the
+    container restarts and ``start`` restores the registered models.
+    """
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    srv = start(home, config, ports, timeout=timeout, host=host, console=True)
+    httpd = serve_health(srv, health_port, health_host or host)
+    log.info("TorchServe up in %s; health on %s:%d/ping", srv.home, health_host or host, health_port)
+    try:
+        while not stopping.wait(1.0):
+            _reap()
+            if srv.pid is None or not _is_frontend(srv.pid, srv.home):
+                log.error("the TorchServe frontend exited; see %s", srv.home / "logs")
+                return 1
+        return 0
+    finally:
+        httpd.shutdown()
+        stop(srv.home)
+        _reap()
+
+
+def _reap() -> None:
+    """Collect exited children (as PID 1 in a container the frontend is re-parented to us)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m serving.server`` (the containers' command lines use them)."""
+    parser = argparse.ArgumentParser(prog="python -m serving.server", description=run.__doc__)
+    parser.add_argument("--home", type=Path, default=DEFAULT_HOME)
+    parser.add_argument("--config", default="production", help="local, production or a .properties")
+    parser.add_argument("--host", default="127.0.0.1", help="inference bind address (0.0.0.0: network)")
+    parser.add_argument("--port", type=int, default=8080, help="inference port")
+    parser.add_argument("--management-port", type=int, default=None, help="default: --port + 1")
+    parser.add_argument("--metrics-port", type=int, default=None, help="default: --port + 2")
+    parser.add_argument("--grpc-port", type=int, default=7070, help="gRPC inference port")
+    parser.add_argument("--grpc-management-port", type=int, default=None, help="default: --grpc-port + 1")
+    parser.add_argument("--health-port", type=int, default=8083, help="GET /ping here, no token")
+    parser.add_argument("--health-host", default=None, help="health bind address (default: --host)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to become healthy")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = args.port
+    ports = Ports(
+        p,
+        args.management_port or p + 1,
+        args.metrics_port or p + 2,
+        args.grpc_port,
+        args.grpc_management_port or args.grpc_port + 1,
+    )
+    return run(args.home, args.config, ports, args.health_port, args.host, args.health_host, args.timeout)
+
+
+if __name__ == "__main__":  # run the importable module's main, so management sees the same classes
+    from serving.server import main as _main
+
+    sys.exit(_main())

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from serving.handlers.base import Item, TesseraHandler
-from serving.handlers.request import RequestError, decode_image, float_option, int_option
+from serving.handlers.request import RequestError, b64, decode_image
+from serving.handlers.schema import GeneratorRequest, generator_model, scale_box
 from tessera.errors import TesseraError
 
 
@@ -39,7 +40,6 @@ def _png(images: torch.Tensor, nrow: int, pad: int = 2) -> bytes:
 class GeneratorHandler(TesseraHandler):
     """Samples (none or one image) or inpainting (one image + a region)."""
 
-    options = ("n", "seed", "format", "box", "outpaint", "mask")
     needs_image = False
 
     def load_model(self, ckpt: dict[str, Any]) -> nn.Module:
@@ -57,64 +57,39 @@ class GeneratorHandler(TesseraHandler):
         if os.path.isfile(mae_path):  # the inpainting MAE, packaged with --inpaint-model
             self.mae = from_checkpoint(checkpoint.load(mae_path)).to(self.device).eval()
 
-    def validate(self, options: dict[str, Any], item: Item) -> dict[str, Any]:
+    def request_model(self) -> type[GeneratorRequest]:
+        return generator_model(self.max_samples)
+
+    def plan(self, req: GeneratorRequest, item: Item) -> dict[str, Any]:
         k = item.images.shape[0]
         if k > 1:
             raise RequestError(
                 413, f"{k} images: the generator takes none (samples) or one (samples like it)"
             )
-        fmt = options.get("format", "json")
-        if fmt not in ("json", "png"):
-            raise RequestError(400, f"format must be 'json' or 'png', got {fmt!r}")
-        out = {
-            "n": int_option(options, "n", 8, 1, self.max_samples),
-            "seed": int_option(options, "seed", 0, 0, 2**31 - 1),
-            "format": fmt,
-        }
-        regions: list[str] = [key for key in ("box", "outpaint", "mask") if key in options]
+        out: dict[str, Any] = {"n": req.n, "seed": req.seed, "format": req.format}
+        regions = req.regions()  # at most one (the model checked)
         if regions:
-            out.update(self._region(options, regions, item))
+            out["region"] = self._region(req, regions[0], item)
         return out
 
-    def _region(self, options: dict[str, Any], keys: list[str], item: Item) -> dict[str, Any]:
+    def _region(self, req: GeneratorRequest, kind: str, item: Item) -> torch.Tensor:
         from tessera.generators import region_mask
 
-        if len(keys) > 1:
-            raise RequestError(400, f"give one region, not {keys}")
         if item.images.shape[0] != 1:
             raise RequestError(400, "inpainting needs an image with the region")
         if self.mae is None:
             raise RequestError(400, "this deployment has no inpainting MAE (package it with --inpaint-model)")
         s = self.img_size
-        w, h = item.sizes[0]
         try:
-            if keys[0] == "box":
-                box = options["box"]
-                if (
-                    not isinstance(box, list)
-                    or len(box) != 4
-                    or not all(isinstance(v, int | float) for v in box)
-                ):
-                    raise RequestError(400, "box must be [x0, y0, x1, y1] in pixels of the image sent")
-                side = min(w, h)  # the image was centre-cropped to a square, then resized to s
-                left, top, k = (w - side) // 2, (h - side) // 2, s / side
-                scaled = [
-                    min(s, max(0, round((box[0] - left) * k))),
-                    min(s, max(0, round((box[1] - top) * k))),
-                    min(s, max(0, round((box[2] - left) * k))),
-                    min(s, max(0, round((box[3] - top) * k))),
-                ]
-                region = region_mask(s, s, box=scaled)
-            elif keys[0] == "outpaint":
-                region = region_mask(s, s, outpaint=float_option(options, "outpaint", 0.5, 0.01, 0.99))
-            else:
-                raw = options["mask"]
-                blob = base64.b64decode(raw, validate=True) if isinstance(raw, str) else bytes(raw)
-                m, _ = decode_image(blob, s, self.max_pixels, "mask")
-                region = region_mask(s, s, mask=m.mean(dim=0))
+            if kind == "box":
+                assert req.box is not None
+                return region_mask(s, s, box=scale_box(req.box, item.sizes[0], s))
+            if kind == "outpaint":
+                return region_mask(s, s, outpaint=req.outpaint)
+            m, _ = decode_image(b64(req.mask, "mask"), s, self.max_pixels, "mask")
+            return region_mask(s, s, mask=m.mean(dim=0))
         except (TesseraError, ValueError) as e:
             raise RequestError(400, f"bad region: {e}") from e
-        return {"region": region}
 
     def predict(self, items: list[Item]) -> list[Any]:
         from tessera.generators import inpaint

@@ -3,15 +3,15 @@
 A request is either the raw bytes of one image (``Content-Type: image/*`` or
 ``application/octet-stream``), a JSON object (``{"images": [<base64>, ...], "image": <base64>,
 <option>: <value>, ...}``), or a multipart form (a file field ``data``/``image``/``images`` and option
-fields). Anything else is refused with a 4xx and a JSON body ``{"error": ..., "code": ...}``; the
-worker never sees an exception for a bad request, so one bad request cannot fail its batch-mates.
+fields). Anything else is refused with a 4xx and a JSON body ``{"error": ..., "code": ...}`` for
+that request alone. The fields are validated by the endpoint's model (``serving.handlers.schema``).
+Nothing here imports TorchServe.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +23,16 @@ from tessera.errors import ImageError
 
 IMAGE_FIELDS = ("data", "body", "image", "images", "file")
 RAW_TYPES = ("image/", "application/octet-stream", "")
+# A valid JSON body holds one object and at most two lists (images, box); these bound the work and
+# memory of decoding a hostile body (deep nesting, millions of tiny items) before json.loads runs.
+MAX_JSON_CONTAINERS = 64
+MAX_JSON_ITEMS = 4096
+MAX_FORM_FIELDS = 32
 
 
 class RequestError(Exception):
-    """A request the client must fix: ``code`` is the HTTP status (4xx), ``message`` says what to do."""
+    """A request answered with an error: ``code`` is the HTTP status (4xx: the client must fix it,
+    ``message`` says what to do; 5xx: the server failed on it), for that request alone."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -40,7 +46,8 @@ class RequestError(Exception):
 
 @dataclass
 class ParsedRequest:
-    """One request of a TorchServe batch: its index, raw image bytes and options (not yet validated)."""
+    """One request of a TorchServe batch: its index, raw image bytes and its fields (a JSON object or
+    a form's option fields; validated afterwards by the endpoint's model, ``serving.handlers.schema``)."""
 
     index: int
     blobs: list[bytes] = field(default_factory=list)
@@ -54,7 +61,8 @@ def _content_type(headers: dict[str, Any], name: str) -> str:
     return ""
 
 
-def _b64(value: Any, what: str) -> bytes:
+def b64(value: Any, what: str) -> bytes:
+    """Base64 text (or a data URL) -> bytes; 400 naming ``what`` if it is not."""
     if not isinstance(value, str):
         raise RequestError(400, f"{what} must be a base64 string, got {type(value).__name__}")
     if value.startswith("data:") and "," in value:  # a data URL: data:image/png;base64,....
@@ -65,75 +73,114 @@ def _b64(value: Any, what: str) -> bytes:
         raise RequestError(400, f"{what} is not valid base64 ({e})") from e
 
 
+def load_json(raw: bytes | bytearray | str, what: str = "JSON body") -> Any:
+    """Decode JSON text after bounding its shape: at most ``MAX_JSON_CONTAINERS`` objects/lists (so
+    no deep nesting) and ``MAX_JSON_ITEMS`` commas (so no millions of tiny values), else 400."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    containers = data.count(b"{") + data.count(b"[")
+    if containers > MAX_JSON_CONTAINERS or data.count(b",") > MAX_JSON_ITEMS:
+        raise RequestError(
+            400,
+            f"{what} is too deeply nested or has too many items (at most {MAX_JSON_CONTAINERS} objects "
+            f'or lists and {MAX_JSON_ITEMS} items): send {{"images": [<base64>, ...], <option>: <value>}}',
+        )
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise RequestError(400, f"malformed {what}: {str(e)[:120]}") from e
+
+
+def _json_type(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return {int: "a number", float: "a number", str: "a string", list: "a list"}.get(type(value), "a value")
+
+
 def _from_json(obj: Any, index: int) -> ParsedRequest:
     if not isinstance(obj, dict):
-        raise RequestError(400, 'the JSON body must be an object like {"images": [<base64>, ...]}')
-    req = ParsedRequest(index)
-    for key, value in obj.items():
-        if key == "images":
-            if not isinstance(value, list):
-                raise RequestError(400, '"images" must be a list of base64 strings')
-            req.blobs += [_b64(v, f"images[{i}]") for i, v in enumerate(value)]
-        elif key == "image":
-            req.blobs.append(_b64(value, "image"))
-        else:
-            req.options[key] = value
-    return req
+        raise RequestError(
+            400, f'the JSON body must be an object like {{"images": [<base64>, ...]}}, got {_json_type(obj)}'
+        )
+    return ParsedRequest(index, [], dict(obj))
 
 
-def _option_value(raw: Any) -> Any:
-    """A multipart option field (bytes) -> a JSON scalar when it parses as one, else the text."""
-    text = bytes(raw).decode("utf-8", errors="replace") if isinstance(raw, bytes | bytearray) else raw
+def _option_value(raw: Any, name: str) -> Any:
+    """A form's option field (bytes) -> a JSON scalar when it parses as one, else the text."""
+    if not isinstance(raw, bytes | bytearray):
+        return raw
+    text = bytes(raw).decode("utf-8", errors="replace")
     try:
-        return json.loads(text)
-    except (TypeError, ValueError):
+        return load_json(raw, f"form field {name[:40]!r}")
+    except RequestError:
         return text
 
 
-def parse(row: dict[str, Any], headers: dict[str, Any], index: int) -> ParsedRequest:
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, bytes | bytearray | str) else 0
+
+
+def parse(row: dict[str, Any], headers: dict[str, Any], index: int, max_body_bytes: int) -> ParsedRequest:
     """One TorchServe request (``data[i]`` and its headers) -> :class:`ParsedRequest`.
 
+    The body is size-checked before anything decodes it (the handlers turn TorchServe's own JSON
+    decoding off, ``TS_DECODE_INPUT_REQUEST=false``, so they see the bytes); a value TorchServe did
+    decode (a dict, list, number or null) is handled as the JSON it was, never turned into bytes.
+
     Raises:
-        RequestError: wrong content type (415), malformed JSON or base64 (400), empty body (400).
+        RequestError: wrong content type (415), body over ``max_body_bytes`` (413), malformed JSON or
+            base64, a JSON body that is not an object, an empty body, too many form fields (400).
     """
     if not row:
         ctype = str(headers.get("Content-Type", headers.get("content-type", ""))).lower()
         raise RequestError(
             415,
-            f"unsupported content type {ctype!r}: send image bytes (image/png, image/jpeg, "
+            f"unsupported content type {ctype[:60]!r}: send image bytes (image/png, image/jpeg, "
             "application/octet-stream), JSON (application/json) or multipart/form-data",
+        )
+    if len(row) > MAX_FORM_FIELDS:
+        raise RequestError(400, f"{len(row)} form fields; at most {MAX_FORM_FIELDS}")
+    size = sum(_size(v) for v in row.values())
+    if size > max_body_bytes:
+        raise RequestError(
+            413,
+            f"request body of {size} bytes is over this deployment's limit of {max_body_bytes} bytes "
+            "(max_body_bytes): send fewer or smaller images",
         )
     if len(row) == 1 and next(iter(row)) in ("body", "data"):
         name, value = next(iter(row.items()))
         ctype = _content_type(headers, name)
-        if isinstance(value, dict | list):
+        is_json = ctype.startswith("application/json")
+        if not isinstance(value, bytes | bytearray | str):  # TorchServe decoded the JSON already
             return _from_json(value, index)
-        if isinstance(value, str):
-            raise RequestError(415, f"unsupported content type {ctype!r}: text is not an image")
-        if ctype.startswith("application/json"):
-            try:
-                return _from_json(json.loads(bytes(value).decode("utf-8")), index)
-            except (UnicodeDecodeError, ValueError) as e:
-                raise RequestError(400, f"malformed JSON body: {e}") from e
+        if is_json:
+            return _from_json(load_json(value), index)
+        if isinstance(value, str) or ctype.startswith("text/"):
+            raise RequestError(415, f"unsupported content type {ctype[:60]!r}: text is not an image")
         if not any(ctype.startswith(t) if t else ctype == "" for t in RAW_TYPES):
             raise RequestError(
                 415,
-                f"unsupported content type {ctype!r}: use image/*, application/octet-stream or "
+                f"unsupported content type {ctype[:60]!r}: use image/*, application/octet-stream or "
                 "application/json",
             )
         if len(value) == 0:
             raise RequestError(400, "empty request body: send an image")
         return ParsedRequest(index, [bytes(value)])
-    # multipart/form-data: file fields carry images, the others options
+    # multipart/form-data (or a form-urlencoded body): file fields carry images, the others options
     req = ParsedRequest(index)
     for name, value in row.items():
+        name = str(name)
         ctype = _content_type(headers, name)
         if name in IMAGE_FIELDS or ctype.startswith("image/") or ctype == "application/octet-stream":
             if not value:
-                raise RequestError(400, f"form field {name!r} is empty: attach an image")
-            req.blobs.append(bytes(value) if isinstance(value, bytes | bytearray) else _b64(value, name))
+                raise RequestError(400, f"form field {name[:40]!r} is empty: attach an image")
+            if isinstance(value, bytes | bytearray) and not ctype.startswith("text/"):
+                req.blobs.append(bytes(value))
+            elif isinstance(value, bytes | bytearray):  # a text field with base64
+                req.blobs.append(b64(bytes(value).decode("utf-8", errors="replace"), name[:40]))
+            else:
+                req.blobs.append(b64(value, name[:40]))
         else:
-            req.options[name] = _option_value(value)
+            req.options[name] = _option_value(value, name)
     return req
 
 
@@ -156,35 +203,3 @@ def decode_image(
     original = img.size
     arr = np.asarray(square_resize(img, size), dtype=np.uint8)  # (S, S, 3)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0), original  # (3, S, S)
-
-
-def check_options(options: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    """Refuse options this endpoint does not know (400), naming them and the known ones."""
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise RequestError(400, f"unknown option(s) {unknown}; this endpoint accepts {sorted(allowed)}")
-
-
-def int_option(options: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
-    """An integer option within ``[low, high]`` (the deployment's cap), else 400."""
-    value = options.get(key, default)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(400, f"option {key!r} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise RequestError(400, f"option {key!r} = {value} is outside [{low}, {high}] (the deployment's cap)")
-    return value
-
-
-def float_option(options: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
-    """A number option within ``[low, high]``, else 400."""
-    value = options.get(key, default)
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise RequestError(400, f"option {key!r} must be a number, got {value!r}")
-    if not low <= float(value) <= high:
-        raise RequestError(400, f"option {key!r} = {value} is outside [{low}, {high}]")
-    return float(value)

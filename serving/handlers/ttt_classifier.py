@@ -15,6 +15,11 @@ policy, then the deployment's ``method`` setting (``none`` unless configured). W
 answer is the frozen model's prediction, exactly. Every answer names the method applied, who chose
 it (``method_source``) and the policy version.
 
+Admission control (``serving.handlers.schema.WorkBudget``): a request's work, images x steps x copies,
+must fit its share of TorchServe's response timeout at the speed measured on the deployed model when
+the worker starts (one tiny ``adapt_batch`` call, timed); a request over it is refused with a 400 that
+says the largest budget allowed. The handler setting ``max_work`` (units) replaces the measurement.
+
 Every answer carries the prediction without adaptation too, the adaptation loss per step and, for
 adapted episodic requests, the reconstruction loss of the frozen and of the adapted encoder on the
 same masks (those of step 0).
@@ -22,20 +27,22 @@ same masks (those of step 0).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 
 from serving.handlers.base import Batch, Item, TesseraHandler
-from serving.handlers.request import RequestError, int_option
+from serving.handlers.request import RequestError
+from serving.handlers.schema import TTTDeployment, TTTRequest, WorkBudget, budget_seconds, calibrate
 from tessera.errors import TesseraError
+
+logger = logging.getLogger(__name__)
 
 
 class TTTClassifierHandler(TesseraHandler):
     """``{"predictions": [{"class", "confidence", "probabilities", "before": {...}, "loss": {...}}]}``."""
-
-    options = ("method", "steps", "copies", "seed")
 
     def load_model(self, ckpt: dict[str, Any]) -> nn.Module:
         import tessera.adapt.heads  # noqa: F401  (registers ``ttt_mae_classifier``)
@@ -68,6 +75,17 @@ class TTTClassifierHandler(TesseraHandler):
         self.classes = list(
             self.ckpt.get("classes") or [str(k) for k in range(int(getattr(self.model, "num_classes", 0)))]
         )
+        self.deployment = TTTDeployment(
+            steps=self.steps,
+            copies=self.copies,
+            max_steps=self.max_steps,
+            max_copies=self.max_copies,
+            policy=self.policy,
+            default_method=self.default_method,
+            online=self.online,
+        )
+        self.retry_alone = not self.online  # an online stream must not see a request twice
+        self.budget = self._budget()
         self.stream_index = 0  # online: images seen so far (seeds their masks)
         self.trainer = None
         if self.online:
@@ -93,65 +111,73 @@ class TTTClassifierHandler(TesseraHandler):
             seed=seed,
         )
 
-    def validate(self, options: dict[str, Any], item: Item) -> dict[str, Any]:
-        from tessera.adapt.policy import METHODS_SERVED, NONE, resolve
+    def _budget(self) -> WorkBudget:
+        """Admission control: ``max_work`` units if set, else calibrated on the deployed model."""
+        s, yaml_cfg = self.settings, self.context.model_yaml_config or {}
+        seconds = budget_seconds(
+            float(yaml_cfg.get("responseTimeout", 120)),
+            int(yaml_cfg.get("batchSize", 1)),
+            float(s.get("budget_fraction", 0.5)),
+        )
+        # a request within the default budget (the policy's, else the deployment's) is always admitted
+        default = self.deployment.plan(TTTRequest())
+        units = max(int(default["steps"]) * int(default["copies"]), self.steps * self.copies)
+        floor = max(1, self.max_images * units)
+        ceiling = self.max_images * self.max_steps * self.max_copies
+        if s.get("max_work"):
+            return WorkBudget(int(s["max_work"]), 0.0, seconds)
+        from tessera.adapt.batched import adapt_batch
 
-        seed = int_option(options, "seed", 0, 0, 2**31 - 1)
-        if self.online:
-            if any(k in options for k in ("method", "steps", "copies")) and (
-                options.get("method", "ttt_mae_online") != "ttt_mae_online"
-                or int_option(options, "steps", self.steps, 0, self.max_steps) != self.steps
-                or int_option(options, "copies", self.copies, 1, self.max_copies) != self.copies
-            ):
-                raise RequestError(
-                    400,
-                    f"this deployment adapts online with steps={self.steps}, copies={self.copies}; "
-                    "per-request methods and budgets are not accepted",
+        x = torch.rand(1, 3, self.img_size, self.img_size, generator=torch.Generator().manual_seed(0))
+        x = x.to(self.device)
+        clf: Any = self.model
+
+        def run() -> None:
+            with torch.inference_mode(False), torch.enable_grad():
+                adapt_batch(
+                    clf, x, steps=2, copies=2, lr=self.lr, mask_ratio=self.mask_ratio, diagnostics=False
                 )
-            return {
-                "method": "ttt_mae_online",
-                "method_source": "server",
-                "policy_version": None,
-                "steps": self.steps,
-                "copies": self.copies,
-                "seed": seed,
-            }
-        method = options.get("method")
-        if method is not None and method not in METHODS_SERVED:
-            raise RequestError(400, f"option 'method' = {method!r}: use one of {list(METHODS_SERVED)}")
-        budget = {
-            "steps": int_option(options, "steps", self.steps, 0, self.max_steps),
-            "copies": int_option(options, "copies", self.copies, 1, self.max_copies),
-        }
-        asked = {k: v for k, v in budget.items() if k in options}
-        decision = resolve(self.policy, method, asked, self.default_method, budget)
-        adapt = decision.method != NONE
-        return {
-            "method": decision.method,
-            "method_source": decision.source,
-            "policy_version": decision.policy_version,
-            "steps": min(int(decision.budget.get("steps", 0)), self.max_steps) if adapt else 0,
-            "copies": min(int(decision.budget.get("copies", self.copies)), self.max_copies),
-            "seed": seed,
-        }
+
+        budget = calibrate(run, 4, seconds, floor, ceiling)
+        logger.info(
+            "TTT admission: %.2f ms per image x step x copy; at most %d units per request (%.1f s)",
+            budget.seconds_per_unit * 1e3,
+            budget.max_units,
+            seconds,
+        )
+        return budget
+
+    def request_model(self) -> type[TTTRequest]:
+        return self.deployment.model()
+
+    def plan(self, req: TTTRequest, item: Item) -> dict[str, Any]:
+        options = self.deployment.plan(req)
+        self.budget.check(item.images.shape[0], int(options["steps"]), int(options["copies"]))
+        return options
 
     def inference(self, batch: Batch, *args: Any, **kwargs: Any) -> Batch:  # type: ignore[override]
         """Gradients on: test-time training needs them (BaseHandler would use inference_mode)."""
         with torch.inference_mode(False), torch.enable_grad():
             return super().inference(batch, *args, **kwargs)
 
-    def predict(self, items: list[Item]) -> list[dict[str, Any]]:
+    def predict(self, items: list[Item]) -> list[Any]:
         results = self._adapt(items)
-        probs = torch.cat([r[0] for r in results])
-        before = torch.cat([r[2] for r in results])
-        self.gauge("ConfidenceBeforeTTT", float(before.max(dim=1).values.mean()), "probability")
-        self.gauge("ConfidenceAfterTTT", float(probs.max(dim=1).values.mean()), "probability")
-        last = [r[1][:, -1] for r in results if r[1].numel()]
-        if last:
-            self.gauge("TTTReconstructionLoss", float(torch.cat(last).mean()), "loss")
-        self.gauge("ImagesPerBatch", probs.shape[0], "count")
-        out = []
-        for it, (p, loss, p0, recon) in zip(items, results, strict=True):
+        done = [r for r in results if not isinstance(r, RequestError)]
+        if done:
+            probs = torch.cat([r[0] for r in done])
+            before = torch.cat([r[2] for r in done])
+            self.gauge("ConfidenceBeforeTTT", float(before.max(dim=1).values.mean()), "probability")
+            self.gauge("ConfidenceAfterTTT", float(probs.max(dim=1).values.mean()), "probability")
+            last = [r[1][:, -1] for r in done if r[1].numel()]
+            if last:
+                self.gauge("TTTReconstructionLoss", float(torch.cat(last).mean()), "loss")
+            self.gauge("ImagesPerBatch", probs.shape[0], "count")
+        out: list[Any] = []
+        for it, result in zip(items, results, strict=True):
+            if isinstance(result, RequestError):  # online: this request failed, the others did not
+                out.append(result)
+                continue
+            p, loss, p0, recon = result
             preds = [
                 self._prediction(p[i], p0[i], loss[i], None if recon is None else recon[i])
                 for i in range(it.images.shape[0])
@@ -160,19 +186,23 @@ class TTTClassifierHandler(TesseraHandler):
             out.append({"classes": self.classes, "mode": mode, **it.options, "predictions": preds})
         return out
 
-    def _adapt(self, items: list[Item]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]]:
+    def _adapt(self, items: list[Item]) -> list[Any]:
         """Per item: probabilities after TTT (k, K), the loss before each step (k, steps), the
         probabilities without adaptation (k, K) and, for adapted episodic requests, the reconstruction
-        loss before and after adaptation on the same masks (k, 2; else None)."""
+        loss before and after adaptation on the same masks (k, 2; else None). Online, a request that
+        fails is a RequestError in its place (it is not retried: the stream must see it once)."""
         if self.trainer is not None:  # online: one stream, requests in arrival order
-            out = []
+            out: list[Any] = []
             for it in items:
-                x = it.images.to(self.device)
-                with torch.no_grad():
-                    before = self.model.eval()(x).softmax(dim=1).cpu()  # the stream's weights so far
-                p, loss = self.trainer.run(x, self.stream_index)
-                self.stream_index += it.images.shape[0]
-                out.append((p.cpu(), loss, before, None))
+                try:
+                    x = it.images.to(self.device)
+                    with torch.no_grad():
+                        before = self.model.eval()(x).softmax(dim=1).cpu()  # the stream's weights so far
+                    p, loss = self.trainer.run(x, self.stream_index)
+                    self.stream_index += it.images.shape[0]
+                    out.append((p.cpu(), loss, before, None))
+                except Exception as e:  # noqa: BLE001 - this request only
+                    out.append(self._fault(e, it.index, "test-time training"))
             return out
         from tessera.adapt.batched import adapt_batch
 

@@ -7,6 +7,7 @@ Compose and the Kubernetes manifests parse; every executable they start is insta
 from __future__ import annotations
 
 import importlib
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -146,3 +147,52 @@ def test_the_wheel_carries_the_files_the_code_reads_at_run_time(tmp_path: Path) 
         (ROOT / "serving" / "handlers").glob("*.py")
     ):
         assert f.relative_to(ROOT).as_posix() in names, f"{f.name} is not in the wheel"
+
+
+def _torchserve_runner_args(argv: list[str]):  # type: ignore[no-untyped-def]
+    """The options of a ``python -m serving.server`` command line, parsed by its own parser."""
+    from serving import server
+
+    assert argv[:3] == ["python", "-m", "serving.server"], argv
+    return server.arg_parser().parse_args(argv[3:])
+
+
+def test_torchserve_manifest_probes_the_token_free_health_endpoint() -> None:
+    """The pod runs the runner (render, start, restore, health) and every probe asks its /ping."""
+    docs = list(yaml.safe_load_all((ROOT / "infra" / "k8s" / "torchserve.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = _torchserve_runner_args([*container["command"], *container["args"]])
+    assert args.config == "production" and args.host == "0.0.0.0" and args.health_host == "0.0.0.0"
+    mounts = [m["mountPath"] for m in container["volumeMounts"]]
+    assert any(str(args.home).startswith(m) for m in mounts), "the home (registered.json) is on the PVC"
+    ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
+    assert ports["health"] == args.health_port and ports["inference"] == args.port
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == "/ping" and ports.get(get["port"], get["port"]) == args.health_port, probe
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [args.port]  # health stays in the cluster
+
+
+def test_compose_torchserve_runs_the_runner_with_the_production_config() -> None:
+    svc = yaml.safe_load((ROOT / "infra" / "compose.yaml").read_text())["services"]["torchserve"]
+    args = _torchserve_runner_args([*svc["entrypoint"], *svc["command"]])
+    assert args.config == "production" and args.home.as_posix() == "/workspace/.tessera/serving"
+    assert f":{args.health_port}/ping" in " ".join(svc["healthcheck"]["test"])
+
+
+def test_torchserve_production_config_only_registers_from_the_model_store(tmp_path: Path) -> None:
+    from serving import server
+
+    template = server.CONFIGS["production"].read_text()
+    assert "disable_token_authorization=false" in template
+    assert "allowed_urls=file://.*" not in template
+    srv = server.Server(tmp_path / "home", server.Ports(), "production")
+    srv.home.mkdir()
+    rendered = server.render_config(server.CONFIGS["production"], srv).read_text().splitlines()
+    (line,) = [ln for ln in rendered if ln.startswith("allowed_urls=")]
+    value = line.split("=", 1)[1].replace("\\\\", "\\")  # a .properties file doubles backslashes
+    assert value == server.allowed_urls(srv.model_store)
+    assert re.fullmatch(value, f"file://{srv.model_store}/tessera-encoder.v1.mar")
+    assert not re.fullmatch(value, f"file://{tmp_path}/tessera-encoder.v1.mar")

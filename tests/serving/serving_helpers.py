@@ -81,6 +81,23 @@ def ttt_checkpoint(path: Path, seed: int, adapt: bool = True) -> Path:
     return checkpoint.save(ckpt, path)
 
 
+def generator_checkpoint(path: Path) -> Path:
+    """A tiny IC-GAN bundle on the micro MAE (``tessera.generators`` registers ``icgan``)."""
+    import tessera.generators  # noqa: F401
+
+    torch.manual_seed(5)
+    cfg = {
+        "generator": {"h_dim": 64, "img_size": 32, "z_dim": 16, "ch": 16, "cond_dim": 16},
+        "encoder_arch": ENCODER,
+        "encoder_config": config_of(ENCODER),
+        "bank_size": 8,
+    }
+    model = build("icgan", **cfg)
+    model.bank.normal_()
+    ckpt = checkpoint.make("icgan", cfg, model.state_dict(), data_version=DATA_VERSION)
+    return checkpoint.save(ckpt, path)
+
+
 def wait_ready(srv: server.Server, name: str, kind: str = "encoder", timeout: float = 60) -> None:
     body, headers = management.probe_request(kind)
     deadline = time.monotonic() + timeout

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 from PIL import Image
-from serving_helpers import DATA_VERSION, ENCODER, as_tensor, b64, png
+from serving_helpers import as_tensor, b64, generator_checkpoint, png
 
 from serving import management, package
 from tessera import checkpoint
-from tessera.models.registry import build, config_of
+from tessera.models.registry import from_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NAME = "tessera-generator"
@@ -22,26 +22,12 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture(scope="module")
 def gen(ts, ckpts, tmp_path_factory):
-    import tessera.generators  # noqa: F401
-
-    torch.manual_seed(5)
-    cfg = {
-        "generator": {"h_dim": 64, "img_size": 32, "z_dim": 16, "ch": 16, "cond_dim": 16},
-        "encoder_arch": ENCODER,
-        "encoder_config": config_of(ENCODER),
-        "bank_size": 8,
-    }
-    model = build("icgan", **cfg)
-    model.bank.normal_()
-    path = checkpoint.save(
-        checkpoint.make("icgan", cfg, model.state_dict(), data_version=DATA_VERSION),
-        tmp_path_factory.mktemp("gen") / "generator.pt",
-    )
+    path = generator_checkpoint(tmp_path_factory.mktemp("gen") / "generator.pt")
     mar = package.package(
         path, NAME, 1, ts.model_store, package.Config(generator_max_samples=8), inpaint_model=ckpts["encoder"]
     )
     management.register(ts, mar)
-    return model.eval()
+    return from_checkpoint(checkpoint.load(path)).eval()
 
 
 def test_serving_generator_seeded_samples(ts, gen) -> None:
