@@ -2,8 +2,10 @@
 
 ``up`` starts a real Prefect server (SQLite in the workspace by default; ``TESSERA_PREFECT_DB_URL``
 for PostgreSQL), a process work pool with a worker, and registers the deployments in ``prefect.yaml``
-(``retrain`` on a cron schedule). ``retrain``/``promote`` run the flows now; they report to the
-server ``up`` started when it is running, otherwise to a temporary local one.
+(``retrain`` on a cron schedule) and marks what dead flow runs left (Prefect runs Running ->
+Crashed, MLflow runs RUNNING -> FAILED). ``retrain``/``promote`` run the flows now; they report to
+the server ``up`` started when it is running, otherwise to a temporary local one that stops with
+the command (exit, SIGTERM, SIGINT, even kill -9) and that ``down`` also stops.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 
 def _prepare() -> None:
-    """Prefect settings in the workspace; attach to the running local server if there is one."""
+    """Prefect settings in the workspace; attach to the running local server if there is one,
+    otherwise start a temporary one that goes with this command (before ``prefect`` is imported)."""
     from flows import server, settings
 
     settings.configure()
-    if "PREFECT_API_URL" not in os.environ and (url := server.running_api_url()):
-        os.environ["PREFECT_API_URL"] = url
+    if "PREFECT_API_URL" not in os.environ:
+        os.environ["PREFECT_API_URL"] = server.running_api_url() or server.temporary_server()
 
 
 @app.command("up")
@@ -48,12 +51,34 @@ def up(
     if worker:
         pid = server.start_worker(api_url)
         typer.echo(f"worker for pool {server.POOL}: pid {pid}")
+    _recover_crashed(api_url)
     typer.echo(f"export PREFECT_API_URL={api_url}   # to use it from another shell")
+
+
+def _recover_crashed(api_url: str) -> None:
+    """Mark the runs of dead flow runs of this host: Prefect Crashed, MLflow FAILED (with a reason)."""
+    from flows import server
+    from lifecycle import tracking
+    from tessera.config import load_params, section_of, to_dict
+
+    os.environ["PREFECT_API_URL"] = api_url
+    try:
+        cfg = to_dict(section_of(tracking.Config, load_params("params.yaml"), "mlflow"))
+    except Exception:  # noqa: BLE001 - no params.yaml here: the default experiment
+        cfg = {}
+    found = server.recover_crashed(cfg, by="tessera flows up")
+    if found["flow_runs"] or found["mlflow_runs"]:
+        typer.echo(
+            f"runs of dead flow runs marked: Prefect {len(found['flow_runs'])} Crashed, "
+            f"MLflow {len(found['mlflow_runs'])} FAILED"
+        )
+    for error in found.get("errors", []):
+        typer.echo(f"could not check for crashed runs: {error}", err=True)
 
 
 @app.command("down")
 def down() -> None:
-    """Stop the worker and the server that `tessera flows up` started."""
+    """Stop the worker and the server that `tessera flows up` started, and temporary flow servers."""
     from flows import server, settings
 
     settings.configure()

@@ -158,6 +158,10 @@ def _train(
         _check_same_run(ckpt, cfg, version, ckpt_path)
         start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step"])
         history = list(ckpt["extra"].get("history", []))
+        if env.is_main:  # the step's own output (the flow logs it): say that it resumed
+            from tessera.training.resume import resumed_from
+
+            print(f"pretrain: {resumed_from(ckpt, ckpt_path, cfg.epochs)}", flush=True)
     total_steps = cfg.epochs * len(loader)
 
     def after_step(step: int) -> None:

@@ -166,6 +166,9 @@ def run(
                 f"this run {bundle.config()}; {hint}"
             )
         state.load(prev["extra"]["train"])
+        from tessera.training.resume import resumed_from
+
+        print(f"generator: {resumed_from(prev, ckpt_path, cfg.epochs)}", flush=True)
     # Fixed evaluation material: real images, the grid's instances and noise, the FD/KID scorer.
     g_eval = torch.Generator().manual_seed(cfg.seed + 1)
     real_eval = images[torch.randperm(n, generator=g_eval)[: cfg.eval_samples]]

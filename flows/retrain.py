@@ -5,7 +5,9 @@ like the pipeline diagram in docs/orchestration.md. One parent MLflow run per fl
 per step; the training steps are cached across flow runs (data version + params + code), so a rerun
 after a crash skips what finished; a markdown run report and the promotion decision are Prefect
 artifacts. Skips (with a logged reason) when the champion was trained on the same data version and
-parameters, unless ``force``.
+parameters, unless ``force``. It first tags its flow run with its process and marks what dead flow
+runs of this host left (Prefect runs Running -> Crashed, MLflow runs RUNNING -> FAILED, with the
+reason: ``flows.server.recover_crashed``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from components import data as data_step
 from components import train_generator
-from flows import report, tasks
+from flows import report, server, tasks
 from flows.promote import promote_flow
 from lifecycle import tracking
 from tessera.config import deep_merge, load_params, section_of, to_dict
@@ -74,6 +76,7 @@ def retrain(
     rootp = Path(root).resolve()
     params = deep_merge(load_params(rootp / params_path, preset), overrides or {})
     mlflow_cfg = section_of(tracking.Config, params, "mlflow")
+    _recover(to_dict(mlflow_cfg))
     data_cfg = section_of(data_step.Config, params, "data")
     data_rel = str(Path(data_cfg.root) / data_cfg.name)
     corrupted_rel = f"{data_rel}-c"
@@ -164,6 +167,24 @@ def retrain(
     return summary
 
 
+def _recover(mlflow_cfg: dict[str, Any]) -> None:
+    """Own this flow run (tags with its pid and host), then mark the runs of dead flow runs crashed."""
+    log = get_run_logger()
+    try:
+        server.claim_flow_run()
+    except Exception as e:  # noqa: BLE001 - without the tags only crash detection is lost
+        log.warning("could not tag the flow run with its process: %s", e)
+    found = server.recover_crashed(mlflow_cfg)
+    if found["mlflow_runs"] or found["flow_runs"]:
+        log.warning(
+            "marked the runs of dead flow runs: MLflow %s FAILED, Prefect %s Crashed",
+            found["mlflow_runs"],
+            found["flow_runs"],
+        )
+    for error in found.get("errors", []):
+        log.warning("could not check for crashed runs: %s", error)
+
+
 def _deploy(versions: dict[str, str]) -> dict[str, Any]:
     """Serve the new champion: the serving layer's deploy flow, once per bundle, if TorchServe runs."""
     from flows.deploy import deploy
@@ -182,9 +203,15 @@ def _deploy(versions: dict[str, str]) -> dict[str, Any]:
 
 def demo(preset: str | None = None, force: bool = False, deploy: bool = True) -> dict[str, Any]:
     """Run ``retrain`` on the active params and return where to look (for ``tessera demo``)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from lifecycle import registry
 
-    summary = retrain(preset=preset, force=force, deploy=deploy)
+    # the server given, the one `tessera flows up` started, or a temporary one that goes with this
+    # process (Prefect's own, started otherwise, outlives a SIGTERM or kill -9)
+    api_url = PREFECT_API_URL.value() or os.environ.get("PREFECT_API_URL") or server.running_api_url()
+    with temporary_settings({PREFECT_API_URL: api_url or server.temporary_server()}):
+        summary = retrain(preset=preset, force=force, deploy=deploy)
     client = tracking.client(section_of(tracking.Config, load_params("params.yaml", preset), "mlflow"))
     champions = {}
     for kind, name in registry.BUNDLES.items():

@@ -3,20 +3,32 @@
 Processes are started in their own session with their PID files under ``<workspace>/prefect/``, so
 ``tessera flows down`` stops exactly what ``tessera flows up`` started. The server's database is
 SQLite in the workspace unless ``TESSERA_PREFECT_DB_URL`` names a PostgreSQL database.
+
+A flow run started without a server (``tessera flows retrain`` before ``up``) gets a temporary one,
+:func:`temporary_server`, which goes with the process that started it: at exit, on SIGTERM/SIGINT,
+and even on kill -9 (a guard process beside the server watches its parent), and ``tessera flows
+down`` finds it by its PID file. :func:`recover_crashed` marks what a dead flow left behind: Prefect
+flow and task runs still Running (Crashed) and MLflow runs still RUNNING (FAILED).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from flows import settings
+from lifecycle import tracking
 
 POOL = "tessera-process"
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,21 +178,323 @@ def start_worker(api_url: str) -> int:
     )
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_group(pgid: int, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 10.0) -> None:
+    """SIGTERM the process group ``pgid`` (a session we started), SIGKILL what is left after
+    ``timeout_s``; reap ``proc`` (its leader) when it is our child."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None:
+            proc.poll()  # reap the leader, or the group never empties
+        if not _group_alive(pgid):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
 def stop(names: tuple[str, ...] = ("worker", "server")) -> list[str]:
-    """Stop the processes (and their children) that :func:`start_server`/:func:`start_worker` began."""
+    """Stop the processes (and their children) that :func:`start_server`/:func:`start_worker` began,
+    and every temporary server (:func:`temporary_server`) of this host."""
     stopped = []
     for name in names:
         pid_file = settings.prefect_home() / f"{name}.pid"
         if not pid_file.exists():
             continue
-        pid = int(pid_file.read_text())
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)  # its own session: the group id is its pid
-            for _ in range(50):
-                os.killpg(pid, 0)
-                time.sleep(0.2)
-            os.killpg(pid, signal.SIGKILL)
+        _kill_group(int(pid_file.read_text()))  # its own session: the group id is its pid
         pid_file.unlink(missing_ok=True)
         stopped.append(name)
     api_url_file().unlink(missing_ok=True)
+    stopped += [f"temporary server (pid {pid})" for pid in stop_temporary()]
     return stopped
+
+
+# --- a temporary server for the flow runs of one process ------------------------------------------
+
+GUARD_MARK = "tessera-temporary-prefect-server"
+# The guard: leader of the server's session, it stops the server (its whole group) when the process
+# that started it is gone, even by kill -9, and passes a SIGTERM on to it. argv: MARK OWNER CMD...
+_GUARD = """
+import os, signal, subprocess, sys, time
+owner = int(sys.argv[2])
+child = subprocess.Popen(sys.argv[3:])
+def stop(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.killpg(0, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        os.killpg(0, signal.SIGKILL)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+while child.poll() is None:
+    if os.getppid() != owner:
+        stop()
+    time.sleep(0.5)
+sys.exit(child.returncode)
+"""
+_TEMPORARY: dict[int, subprocess.Popen[bytes]] = {}  # guard pid -> its process, in this process
+_OWN_URL: dict[int, str] = {}  # guard pid -> the API URL of its server
+_HANDLED: dict[int, Any] = {}  # signal -> the handler it had before ours
+_REGISTERED: list[bool] = []  # non-empty once atexit and the handler are in place
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _temporary_files() -> list[Path]:
+    return sorted(settings.prefect_home().glob("temporary-*.json"))
+
+
+def _is_guard(pid: int) -> bool:
+    """Whether ``pid`` is still a guard we started (not another process that reuses the pid)."""
+    try:
+        return GUARD_MARK.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return _group_alive(pid) and not Path("/proc/self").exists()
+
+
+def temporary_server(timeout_s: float = settings.EPHEMERAL_STARTUP_TIMEOUT_S) -> str:
+    """Start a Prefect API server (SQLite in the workspace) for this process's flow runs; return its
+    API URL, also set as ``PREFECT_API_URL`` (call it before ``prefect`` is imported, or enter
+    ``prefect.settings.temporary_settings``).
+
+    The server runs in its own session under a guard, with ``<prefect home>/temporary-<pid>.json``
+    naming it. It stops at normal exit (atexit), on SIGTERM (handler, then the signal's old
+    behaviour), on SIGINT (KeyboardInterrupt, then atexit), when this process is killed (the guard
+    sees its parent go) and on ``tessera flows down``.
+    """
+    for pid, url in list(_OWN_URL.items()):  # one per process
+        if pid in _TEMPORARY and _TEMPORARY[pid].poll() is None and healthy(url):
+            os.environ["PREFECT_API_URL"] = url
+            return url
+    stop_temporary(only_dead_owners=True)  # what a crashed process left, should its guard have died
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    server = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
+    server += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    env = {k: v for k, v in _env().items() if k != "PREFECT_API_URL"}
+    env.update({"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
+    home = settings.prefect_home()
+    record = home / f"temporary-{os.getpid()}.json"
+    with (home / "temporary.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _GUARD, GUARD_MARK, str(os.getpid()), *server],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _TEMPORARY[proc.pid], _OWN_URL[proc.pid] = proc, api_url
+    me = tracking.owner_tags()
+    owner = {"pid": proc.pid, "owner": os.getpid(), "owner_start": me.get(tracking.PID_START_TAG)}
+    record.write_text(json.dumps({**owner, "host": socket.gethostname(), "api_url": api_url}))
+    _stop_with_this_process()
+    deadline = time.monotonic() + timeout_s
+    while not healthy(api_url, timeout_s=1.0):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop_own_temporary()
+            raise RuntimeError(
+                f"temporary Prefect server on {api_url} did not become healthy in {timeout_s}s; "
+                f"see {home / 'temporary.log'}"
+            )
+        time.sleep(0.25)
+    os.environ["PREFECT_API_URL"] = api_url
+    return api_url
+
+
+def stop_temporary(only_dead_owners: bool = False) -> list[int]:
+    """Stop the temporary servers of this host (of dead owners only, if asked); return the guards'
+    pids. A live owner's flow runs lose their server: ``tessera flows down`` means it."""
+    stopped = []
+    for path in _temporary_files():
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            continue
+        if info.get("host") != socket.gethostname():
+            continue
+        pid, owner = int(info["pid"]), int(info.get("owner", 0))
+        if (
+            only_dead_owners
+            and owner != os.getpid()
+            and tracking.process_alive(owner, info.get("owner_start"))
+        ):
+            continue
+        if only_dead_owners and owner == os.getpid() and pid in _TEMPORARY:
+            continue  # ours, in use
+        if _is_guard(pid):
+            _kill_group(pid, _TEMPORARY.get(pid))
+            stopped.append(pid)
+        _TEMPORARY.pop(pid, None)
+        _OWN_URL.pop(pid, None)
+        path.unlink(missing_ok=True)
+    return stopped
+
+
+def _stop_own_temporary() -> None:
+    for pid, proc in list(_TEMPORARY.items()):
+        _kill_group(pid, proc)
+        _TEMPORARY.pop(pid, None)
+        _OWN_URL.pop(pid, None)
+    with contextlib.suppress(OSError):
+        (settings.prefect_home() / f"temporary-{os.getpid()}.json").unlink(missing_ok=True)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGTERM: stop our temporary servers, then do what the signal did before (die, by default)."""
+    _stop_own_temporary()
+    previous = _HANDLED.get(signum, signal.SIG_DFL)
+    signal.signal(signum, previous)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)
+
+
+def _stop_with_this_process() -> None:
+    """atexit (normal exit, SIGINT's KeyboardInterrupt) and SIGTERM stop our temporary servers.
+
+    SIGINT keeps its KeyboardInterrupt, so a flow it interrupts still reports itself Crashed to the
+    server before atexit stops it; Prefect's own SIGTERM handler, during a flow run, reports the
+    crash and then passes the signal on to ours.
+    """
+    if _REGISTERED:
+        return
+    _REGISTERED.append(True)
+    atexit.register(_stop_own_temporary)
+    with contextlib.suppress(ValueError):  # signals can be set in the main thread only
+        previous = signal.getsignal(signal.SIGTERM)
+        # not over SIG_IGN (the process means to outlive SIGTERM) or a handler set outside Python
+        if previous is not _on_signal and (previous == signal.SIG_DFL or callable(previous)):
+            _HANDLED[signal.SIGTERM] = previous
+            signal.signal(signal.SIGTERM, _on_signal)
+
+
+# --- what a dead flow left behind --------------------------------------------------------------------
+
+
+def owner_of(tags: list[str]) -> dict[str, str]:
+    """The owner recorded in a flow run's tags (see :func:`claim_flow_run`)."""
+    keys = (tracking.PID_TAG, tracking.PID_START_TAG, tracking.HOST_TAG)
+    return {k: t.partition(":")[2] for t in tags for k in keys if t.startswith(f"{k}:")}
+
+
+def claim_flow_run() -> None:
+    """Tag the current flow run with its process (``tessera.pid:N``, ``tessera.host:H``), so the
+    next flow run can tell when it died."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    owner = [f"{k}:{v}" for k, v in tracking.owner_tags().items()]
+    tags = sorted({*ctx.flow_run.tags, *owner})
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(ctx.flow_run.id, tags=tags)
+
+
+def crash_dead_flow_runs(by: str = "the next flow run") -> list[str]:
+    """Flow runs in state Running whose process (see :func:`claim_flow_run`) is dead on this host ->
+    Crashed with the reason, and likewise their unfinished task runs and subflow runs. Returns the
+    ids of the flow runs it marked."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas import filters as f
+    from prefect.client.schemas.objects import StateType
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    current = ctx.flow_run.id if ctx is not None and ctx.flow_run is not None else None
+    running = f.FlowRunFilterState(type=f.FlowRunFilterStateType(any_=[StateType.RUNNING]))
+    marked: list[str] = []
+    with get_client(sync_client=True) as client:
+        for run in _read_all(client.read_flow_runs, flow_run_filter=f.FlowRunFilter(state=running)):
+            owner = owner_of(run.tags)
+            if run.id == current or tracking.owner_alive(owner) is not False:
+                continue
+            reason = tracking.crash_reason(owner, by)
+            marked += _crash(client, run.id, reason, f, StateType)
+    return marked
+
+
+def _read_all(read: Any, page: int = 200, **filters: Any) -> list[Any]:
+    """Every row a ``read_flow_runs``/``read_task_runs`` filter matches, page by page (sort and limit
+    always given: the pinned FastAPI answers 422 to null paging)."""
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+
+    sort = TaskRunSort.ID_DESC if "task_run_filter" in filters else FlowRunSort.ID_DESC
+    rows: list[Any] = []
+    while True:
+        batch = read(**filters, sort=sort, limit=page, offset=len(rows))
+        rows += batch
+        if len(batch) < page:
+            return rows
+
+
+def _crash(client: Any, flow_run_id: Any, reason: str, f: Any, StateType: Any) -> list[str]:
+    from prefect.states import Crashed
+
+    client.set_flow_run_state(flow_run_id, Crashed(message=reason), force=True)
+    unfinished = [StateType.PENDING, StateType.RUNNING, StateType.SCHEDULED, StateType.PAUSED]
+    task_runs = _read_all(
+        client.read_task_runs,
+        flow_run_filter=f.FlowRunFilter(id=f.FlowRunFilterId(any_=[flow_run_id])),
+        task_run_filter=f.TaskRunFilter(
+            state=f.TaskRunFilterState(type=f.TaskRunFilterStateType(any_=unfinished))
+        ),
+    )
+    for task_run in task_runs:
+        client.set_task_run_state(task_run.id, Crashed(message=reason), force=True)
+    marked = [str(flow_run_id)]
+    subflows = _read_all(
+        client.read_flow_runs,
+        flow_run_filter=f.FlowRunFilter(
+            parent_flow_run_id=f.FlowRunFilterParentFlowRunId(any_=[flow_run_id]),
+            state=f.FlowRunFilterState(type=f.FlowRunFilterStateType(any_=unfinished)),
+        ),
+    )
+    for sub in subflows:
+        marked += _crash(client, sub.id, reason, f, StateType)
+    return marked
+
+
+def recover_crashed(
+    mlflow_cfg: Mapping[str, Any] | None = None, by: str = "the next flow run"
+) -> dict[str, Any]:
+    """Mark what dead flow runs of this host left: MLflow runs still RUNNING (FAILED, lifecycle's
+    :func:`~lifecycle.tracking.fail_crashed_runs`) and Prefect runs still Running (Crashed).
+    Best effort: a failure is returned, not raised (it must not stop the flow run that asks)."""
+    out: dict[str, Any] = {"mlflow_runs": [], "flow_runs": []}
+    try:
+        cfg = tracking.Config(**(mlflow_cfg or {}))
+        client = tracking.client(cfg)
+        out["mlflow_runs"] = tracking.fail_crashed_runs(client, tracking.experiment_id(client, cfg), by)
+    except Exception as e:  # noqa: BLE001 - best effort
+        out["errors"] = [f"MLflow: {type(e).__name__}: {e}"]
+    try:
+        out["flow_runs"] = crash_dead_flow_runs(by)
+    except Exception as e:  # noqa: BLE001 - best effort
+        out.setdefault("errors", []).append(f"Prefect: {type(e).__name__}: {e}")
+    return out

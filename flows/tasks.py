@@ -1,6 +1,7 @@
 """Prefect tasks of the retrain flow: each wraps one component or one adapter call.
 
-Retries only where I/O can fail (DVC, MLflow); training steps are cached across flow runs by a key
+Retries only where I/O can fail (DVC, MLflow), and only on I/O errors (:func:`retry_on_io`): a
+``DataError`` or ``ConfigError`` fails at once. Training steps are cached across flow runs by a key
 made of the data version, the step's parameters, the code and the upstream keys, with results
 persisted in the workspace, so a rerun after a crash skips what finished.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +21,7 @@ from prefect import get_run_logger, task
 
 from lifecycle import registry, tracking
 from tessera.config import section_of
+from tessera.errors import TesseraError
 
 # step -> (module in components/, params section, checkpoint it writes, positional inputs)
 STEPS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
@@ -60,7 +63,27 @@ def _by_key(_ctx: Any, arguments: dict[str, Any]) -> str:
     return f"tessera-{arguments['step']}-{arguments['key']}"
 
 
-@task(retries=2, retry_delay_seconds=2)
+def is_io_error(exc: BaseException | None) -> bool:
+    """An error another try may not meet: OS and network errors, timeouts, a failed subprocess, a
+    busy or unreachable MLflow store (also as the cause of another error). Tessera's own errors
+    (``DataError``, ``ConfigError``, ...) say something is wrong: never."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, TesseraError):
+            return False
+        if isinstance(exc, OSError | TimeoutError | subprocess.SubprocessError) or tracking.is_transient(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def retry_on_io(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``: go on to the next try only after an I/O error."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and is_io_error(exc)
+
+
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
 def check_data(root: str, data_dir: str, corrupted_dir: str) -> dict[str, Any]:
     """DVC: pull what the workspace lacks, stop on tampering, return the data version."""
     from lifecycle import lineage
@@ -78,7 +101,7 @@ def check_data(root: str, data_dir: str, corrupted_dir: str) -> dict[str, Any]:
     return dict(version)
 
 
-@task(retries=2, retry_delay_seconds=2)
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
 def open_parent_run(
     mlflow_cfg: dict[str, Any],
     name: str,
@@ -151,7 +174,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-@task(retries=2, retry_delay_seconds=2)
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
 def register_challenger(
     mlflow_cfg: dict[str, Any],
     release: str,
@@ -165,7 +188,7 @@ def register_challenger(
     return registry.register_release(client, release, checkpoints, tags)
 
 
-@task(retries=2, retry_delay_seconds=2)
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
 def champion_lineage(mlflow_cfg: dict[str, Any]) -> dict[str, str]:
     """The champion's data version and params hash (empty when there is no champion)."""
     client = tracking.client(tracking.Config(**mlflow_cfg))
@@ -182,7 +205,7 @@ def champion_lineage(mlflow_cfg: dict[str, Any]) -> dict[str, str]:
     )
 
 
-@task(retries=2, retry_delay_seconds=2)
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
 def close_parent_run(mlflow_cfg: dict[str, Any], run_id: str, status: str, report: str) -> None:
     client = tracking.client(tracking.Config(**mlflow_cfg))
     client.log_text(run_id, report, "report.md")

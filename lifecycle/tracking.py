@@ -10,6 +10,11 @@ The store is chosen by one setting: ``TESSERA_MLFLOW_URI`` (or ``MLFLOW_TRACKING
 The data version is logged as the run's dataset input whose digest is the DVC md5 of the data
 directory (MLflow Datasets, ``mlflow.data.from_numpy(..., digest=...)``), plus ``git_commit`` and
 ``data_version`` tags, so a model version leads back to the exact data and code it came from.
+
+Every run records its owner (tags ``tessera.pid``, ``tessera.pid_start``, ``tessera.host``): a run
+still RUNNING whose owner process is gone from this host was killed (kill -9, OOM, power loss), and
+:func:`fail_crashed_runs` (called when a retrain starts, and by ``tessera flows up``) ends it as
+FAILED with the reason in ``tessera.crash_reason``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -25,6 +31,13 @@ from typing import Any
 
 WORKSPACE_ENV = "TESSERA_WORKSPACE"
 URI_ENVS = ("TESSERA_MLFLOW_URI", "MLFLOW_TRACKING_URI")
+PID_TAG, PID_START_TAG, HOST_TAG = "tessera.pid", "tessera.pid_start", "tessera.host"
+CRASH_TAG = "tessera.crash_reason"
+# MLflow error codes worth another try (a busy or unreachable store); the others are deterministic.
+TRANSIENT_CODES = frozenset(
+    {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "IO_ERROR", "DEADLINE_EXCEEDED", "ABORTED"}
+    | {"REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED", "SERVICE_UNDER_MAINTENANCE"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,8 +194,8 @@ def start_run(
     parent_run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
 ) -> str:
-    """Create a run (nested under ``parent_run_id`` if given) and return its id."""
-    all_tags = {"mlflow.runName": name, **{k: str(v) for k, v in (tags or {}).items()}}
+    """Create a run (nested under ``parent_run_id`` if given, owned by this process); return its id."""
+    all_tags = {**owner_tags(), "mlflow.runName": name, **{k: str(v) for k, v in (tags or {}).items()}}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = mlflow_client.create_run(exp_id, tags=all_tags, run_name=name)
@@ -234,3 +247,93 @@ def _finish_monitor(monitor: Any) -> None:
     if monitor._logging_step == 0:
         monitor.publish_metrics(monitor.aggregate_metrics())
         monitor.mlflow_logger.flush()
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
+    return fields[19] if len(fields) > 19 else None
+
+
+def owner_tags() -> dict[str, str]:
+    """Who runs this: ``tessera.pid``, ``tessera.pid_start`` (against pid reuse), ``tessera.host``."""
+    pid = os.getpid()
+    tags = {PID_TAG: str(pid), HOST_TAG: socket.gethostname()}
+    start = _process_start(pid)
+    if start is not None:
+        tags[PID_START_TAG] = start
+    return tags
+
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process ``pid`` of this host lives (a zombie, or another process that reuses the pid
+    because its start differs from ``start``, does not)."""
+    if pid <= 0:
+        return False
+    proc = Path(f"/proc/{pid}/stat")
+    if Path("/proc/self/stat").exists():  # Linux: /proc says it all
+        try:
+            stat = proc.read_text()
+        except OSError:
+            return False
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if not fields or fields[0] in ("Z", "X"):
+            return False
+        return not start or len(fields) <= 19 or fields[19] == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_alive(tags: Mapping[str, str]) -> bool | None:
+    """Whether the owner named by ``tags`` (see :func:`owner_tags`) lives: None when the tags name
+    no owner or another host (nothing can be told from here)."""
+    pid, host = tags.get(PID_TAG, ""), tags.get(HOST_TAG, "")
+    if not pid.isdigit() or host != socket.gethostname():
+        return None
+    return process_alive(int(pid), tags.get(PID_START_TAG) or None)
+
+
+def crash_reason(tags: Mapping[str, str], by: str) -> str:
+    """The message that says why a run was ended: whose process died, who noticed, when."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    return (
+        f"crashed: its process {tags.get(PID_TAG)} on {tags.get(HOST_TAG)} is gone (killed or died "
+        f"before the run ended); marked by {by} (pid {os.getpid()}) at {when}"
+    )
+
+
+def fail_crashed_runs(mlflow_client: Any, exp_id: str, by: str = "the next flow run") -> list[str]:
+    """End the runs of ``exp_id`` still RUNNING whose owner process is dead on this host: status
+    FAILED, tag ``tessera.crash_reason``. Runs of other hosts or without an owner are left alone.
+    Returns the ids of the runs it ended."""
+    query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'"
+    dead, token = [], None
+    while True:  # every page first: ending runs while paging would shift the pages
+        page = mlflow_client.search_runs([exp_id], query, max_results=500, page_token=token)
+        dead += [run for run in page if owner_alive(run.data.tags) is False]
+        token = getattr(page, "token", None)
+        if not token:
+            break
+    for run in dead:
+        mlflow_client.set_tag(run.info.run_id, CRASH_TAG, crash_reason(run.data.tags, by))
+        mlflow_client.set_terminated(run.info.run_id, status="FAILED")
+    return [str(run.info.run_id) for run in dead]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An MLflow or database error that another try may not meet (a busy, locked or unreachable
+    store); invalid requests, missing or existing resources are deterministic."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        return str(exc.error_code) in TRANSIENT_CODES
+    return type(exc).__name__ in ("OperationalError", "TimeoutError", "DisconnectionError")

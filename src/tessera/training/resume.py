@@ -2,7 +2,8 @@
 
 Any step that saves a checkpoint per epoch (pretraining, the generator) calls :func:`resume` before
 training: no file means a fresh start; a file of another architecture, another model config or a
-corrupt file is a :class:`~tessera.errors.CheckpointError` that says what to do.
+corrupt file is a :class:`~tessera.errors.CheckpointError` that says what to do. A step that resumes
+says so (:func:`resumed_from`), in its own log, so the flow logs and the command line show it.
 """
 
 from __future__ import annotations
@@ -67,3 +68,9 @@ def resume(
     if isinstance(rng.get("torch"), torch.Tensor):
         torch.set_rng_state(rng["torch"])
     return ckpt
+
+
+def resumed_from(ckpt: dict[str, Any], path: str | Path, epochs: int | None = None) -> str:
+    """The line a resuming step logs: ``resumed from epoch N of M (PATH, step S)``."""
+    of = f" of {epochs}" if epochs is not None else ""
+    return f"resumed from epoch {int(ckpt.get('epoch', 0))}{of} ({path}, step {int(ckpt.get('step', 0))})"
