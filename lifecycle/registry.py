@@ -206,15 +206,27 @@ def download_checkpoint(client: Any, kind: str, ref: str | int, dst: str | Path)
 
 
 def describe(client: Any) -> list[dict[str, Any]]:
-    """Every version of every bundle, newest first, with aliases and the tags people look at."""
+    """Every version of every bundle, newest first, with aliases and the tags people look at.
+
+    The aliases come from the registered model: ``search_model_versions`` leaves a version's
+    ``aliases`` empty (only ``get_model_version`` fills it), which showed no champion in the list.
+    """
+    from mlflow.exceptions import MlflowException
+
     rows = []
     for kind, name in BUNDLES.items():
+        try:
+            by_version: dict[str, list[str]] = {}
+            for alias, version in (client.get_registered_model(name).aliases or {}).items():
+                by_version.setdefault(str(version), []).append(alias)
+        except MlflowException:  # not registered yet
+            continue
         for mv in client.search_model_versions(f"name = '{name}'"):
             rows.append(
                 {
                     "model": name,
                     "version": int(mv.version),
-                    "aliases": list(mv.aliases),
+                    "aliases": sorted(by_version.get(str(mv.version), [])),
                     "release": mv.tags.get("release", mv.run_id),
                     "data_version": mv.tags.get("data_version", ""),
                     "decision": mv.tags.get("promotion.decision", ""),

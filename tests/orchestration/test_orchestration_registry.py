@@ -185,3 +185,20 @@ def test_the_promotion_lock_holds_across_processes(sqlite_ws: Path) -> None:
     holder.wait(timeout=30)
     with promotion.promotion_lock(timeout_s=5):  # free again once the other process let go
         pass
+
+
+def test_registry_list_shows_the_champion_alias(sqlite_ws: Path, mae_ckpt: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    first = _release(mae_ckpt, 0.80, 0.50)
+    assert promotion.promote(first, promotion.Config()).promoted
+    _release(mae_ckpt, 0.70, 0.40)  # a challenger, not promoted
+    rows = {(r["model"], r["version"]): r["aliases"] for r in registry.describe(tracking.client())}
+    assert rows[("tessera-ttt-classifier", 1)] == ["champion"]
+    assert rows[("tessera-ttt-classifier", 2)] == ["challenger"]
+    out = CliRunner().invoke(app, ["registry", "list"])
+    assert out.exit_code == 0, out.output
+    line = next(x for x in out.output.splitlines() if x.startswith("tessera-ttt-classifier") and " 1 " in x)
+    assert "champion" in line, out.output
