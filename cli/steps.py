@@ -30,10 +30,14 @@ def _data_dir(kwargs: dict[str, Any]) -> Path:
 
 
 def with_data_version(command: F) -> F:
-    """``command`` with ``--data-version`` filled from DVC's record of its ``--data`` folder."""
+    """``command`` with ``--data-version`` filled from DVC's record of its ``--data`` folder (and
+    torch threads chosen by ``tessera.threads``' rule, as ``python -m components.<step>`` does)."""
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
+        from components.command import step_threads
+
+        step_threads()
         if not kwargs.get("data_version"):
             from lifecycle import lineage
 
@@ -48,6 +52,9 @@ def with_local_model(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
+        from components.command import step_threads
+
+        step_threads()
         with contextlib.ExitStack() as stack:
             if str(kwargs.get("model", "")).startswith("models:/"):
                 from lifecycle.release import resolve

@@ -6,7 +6,9 @@ Kubeflow run) parse the same typer options, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,39 @@ def run_command(command: Callable[..., Any], argv: list[str] | None, prog: str) 
 
     Exits like any command line (``SystemExit`` with the command's exit code) only when the command
     fails or prints its help; returns normally on success, so tests and other code can call it.
+    The command runs with :func:`step_threads` applied first (not for ``--help`` or a parse error).
     """
+
+    @functools.wraps(command)
+    def with_threads(*args: Any, **kwargs: Any) -> Any:
+        step_threads()
+        return command(*args, **kwargs)
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(command)
+    app.command()(with_threads)
     try:
         app(args=argv, prog_name=prog)
     except SystemExit as e:
         if e.code not in (0, None):
             raise
+
+
+def step_threads() -> int | None:
+    """Set a step's torch threads by ``tessera.threads``' rule; returns them, or None when left alone.
+
+    ``OMP_NUM_THREADS`` set (by a person, or ``torchrun`` for several processes) is left as torch read
+    it, unless ``TESSERA_TORCH_THREADS`` is set too (the override wins everywhere). Under ``torchrun``
+    the processes on this machine (``LOCAL_WORLD_SIZE``) share its cores. Never raises.
+    """
+    from tessera import threads
+
+    if os.environ.get("OMP_NUM_THREADS", "").strip() and threads.override_from_env() is None:
+        return None
+    try:
+        sharers = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    except ValueError:
+        sharers = 1
+    return threads.apply(sharers)
 
 
 DATA_VERSION_HELP = (

@@ -133,6 +133,9 @@ def run_step(
     data_path: str,
 ) -> dict[str, Any]:
     """Run one component in-process inside a nested MLflow run; returns its metrics and outputs."""
+    from components.command import step_threads
+
+    step_threads()  # torch threads that fit the machine (tessera.threads), unless OMP_NUM_THREADS is set
     module_name, section, ckpt_name, wanted = STEPS[step]
     module = importlib.import_module(f"components.{module_name}")
     cfg = section_of(module.Config, params, section)

@@ -33,7 +33,7 @@ class Config:
     max_batch_delay_ms: int = 5  # how long TorchServe waits to fill a batch (maxBatchDelay)
     min_workers: int = 1  # worker processes per model version (minWorkers)
     max_workers: int = 1  # upper bound when scaling (maxWorkers)
-    torch_threads: int = 0  # intra-op threads per CPU worker (0: the cores divided by max_workers)
+    torch_threads: int = 0  # intra-op threads per CPU worker (0: tessera.threads' rule over max_workers)
     response_timeout_s: int = 120  # a batch taking longer restarts the worker (responseTimeout)
     max_images: int = 16  # images in one request; more is a 413
     max_pixels: int = 4096 * 4096  # decoded pixels per image; more is a 413 (decompression bombs)

@@ -34,6 +34,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from serving.handlers.request import RequestError, b64, decode_image, parse
 from serving.handlers.schema import EncoderRequest, ImageRequest, Limits, validate
+from tessera import threads
 from tessera.checkpoint import load as load_checkpoint
 from tessera.models.embed import encoder_of
 from tessera.models.registry import from_checkpoint
@@ -295,17 +296,16 @@ class TesseraHandler(BaseHandler):
 
 
 def worker_threads(settings: dict[str, Any], model_yaml: dict[str, Any]) -> int:
-    """Intra-op threads for one CPU worker: ``torch_threads`` if set, else the cores over the workers.
+    """Intra-op threads for one CPU worker: ``torch_threads`` if set, else ``tessera.threads``' rule.
 
     torch starts one thread per core in every process; two workers on two cores would then run four
-    threads that spin-wait for each other. Dividing the cores keeps workers x threads = cores.
+    threads that spin-wait for each other. The rule (``tessera.threads.choose``) shares the cores
+    among the deployment's ``maxWorkers``, with one thread on <= 2 cores or a loaded machine;
+    ``TESSERA_TORCH_THREADS`` overrides it when ``torch_threads`` is 0.
     """
-    threads = int(settings.get("torch_threads") or 0)
-    if threads > 0:
-        return threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    given = int(settings.get("torch_threads") or 0)
     workers = max(1, int(model_yaml.get("maxWorkers") or model_yaml.get("minWorkers") or 1))
-    return max(1, cores // workers)
+    return threads.threads_for(workers, override=given if given > 0 else None)
 
 
 class _PerBatchLine(logging.Filter):
