@@ -98,8 +98,10 @@ def run_build(
     cfg: Config, out_dir: str | Path = "runs/data", tracker: Tracker | None = None
 ) -> dict[str, float]:
     """Build (or import) ``<root>/<name>``; metrics: image counts per split and seconds."""
+    from tessera.data.importer import dataset_dir
+
     tracker = tracker or NullTracker()
-    target = Path(cfg.root) / cfg.name
+    target = dataset_dir(cfg.root, cfg.name)  # data.name: a safe name inside data.root, as for import
     start = time.perf_counter()
     if cfg.source == "embedded":
         from tessera.data.embedded import build_embedded

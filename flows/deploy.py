@@ -19,11 +19,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.exceptions import MissingContextError
 
+from flows.tasks import retry_on_io
 from serving import management, package, server
 from tessera.names import BUNDLES
 
 
-@task(retries=2, retry_delay_seconds=3)
+@task(retries=2, retry_delay_seconds=3, retry_condition_fn=retry_on_io)  # a bad checkpoint fails at once
 def build_archive(
     model: str, alias: str, checkpoint: str | None, version: str | None, store: str, cfg: package.Config
 ) -> dict[str, str]:

@@ -115,3 +115,14 @@ def test_build_and_corrupt_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert sheet.shape[0] > 6 * 64 and sheet.shape[2] == 3
     assert len(list(out.rglob("*.png"))) == 6 * 10 + 1
     assert data_step.main(["corrupt", "--corruptions", "rain"]) == 2  # a named error, not a traceback
+
+
+@pytest.mark.parametrize("name", ["../outside", "/abs", ".."])
+def test_build_refuses_a_data_name_outside_the_root(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(yaml.safe_dump({"data": {"name": name, "root": "data"}}))
+    assert data_step.main(["build", "--params", "params.yaml"]) == 2
+    assert "invalid data set name" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "outside").exists()  # no data written
