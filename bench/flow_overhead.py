@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import os
 import shutil
 import socket
@@ -44,29 +43,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tessera.adapt.stats import median_ci
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_PCT = 15.0
 SETTLE_S = 2.0
-
-
-def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """A distribution-free interval for the median of ``xs``: (low, high, its exact coverage).
-
-    Between the k-th smallest and the k-th largest value, which holds the median with probability
-    1 - 2 P(Binomial(n, 1/2) < k) whatever the distribution; k is the largest with at least
-    ``level``; with too few values for ``level`` it is the whole range, with the coverage it has.
-    """
-    xs, n = sorted(xs), len(xs)
-    if n == 0:
-        raise ValueError("no values")
-
-    def coverage(k: int) -> float:
-        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
-
-    k = 1
-    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= level:
-        k += 1
-    return xs[k - 1], xs[n - k], coverage(k)
 
 
 def verdict(low: float, high: float, target: float = TARGET_PCT) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import math
 import multiprocessing as mp
 import selectors
 import shutil
@@ -49,6 +48,7 @@ import torch  # noqa: E402
 
 from serving import management, package, server  # noqa: E402
 from tessera import checkpoint  # noqa: E402
+from tessera.adapt.stats import median_ci  # noqa: E402  (also read by tests/test_bench_serving_stats.py)
 from tessera.models import build  # noqa: E402
 from tessera.models.embed import embed  # noqa: E402
 from tessera.models.registry import config_of, from_checkpoint  # noqa: E402
@@ -59,27 +59,6 @@ TARGET_B8 = 0.85  # the issue's target: TorchServe >= 0.85x of one in-process ba
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
-def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """A distribution-free interval for the median of ``xs``: (low, high, its exact coverage).
-
-    The interval between the k-th smallest and the k-th largest value holds the median with
-    probability 1 - 2 P(Binomial(n, 1/2) < k), whatever the distribution; k is the largest for which
-    that is at least ``level``. With too few values for ``level`` (5 give at most 93.8%) it is the
-    whole range with the coverage it has.
-    """
-    xs, n = sorted(xs), len(xs)
-    if n == 0:
-        raise ValueError("no values")
-
-    def coverage(k: int) -> float:
-        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
-
-    k = 1
-    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= level:
-        k += 1
-    return xs[k - 1], xs[n - k], coverage(k)
 
 
 def verdict(low: float, high: float, target: float = TARGET_B8) -> str:

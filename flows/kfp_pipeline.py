@@ -34,6 +34,10 @@ def build_pipeline(
     image = image or train_image()
     py = ["python", "-m"]
 
+    def flags(**values: Any) -> list[Any]:
+        """``--name value`` pairs in order (``data_version`` -> ``--data-version``)."""
+        return [x for k, v in values.items() for x in (f"--{k.replace('_', '-')}", v)]
+
     @dsl.container_component
     def pretrain(
         data: dsl.Input[dsl.Dataset],
@@ -45,18 +49,9 @@ def build_pipeline(
         return dsl.ContainerSpec(
             image=image,
             command=[*py, "components.pretrain"],
-            args=[
-                "--params",
-                params,
-                "--preset",
-                preset,
-                "--data",
-                data.path,
-                "--data-version",
-                data_version,
-                "--out",
-                encoder.path,
-            ],
+            args=flags(
+                params=params, preset=preset, data=data.path, data_version=data_version, out=encoder.path
+            ),
         )
 
     @dsl.container_component
@@ -71,20 +66,14 @@ def build_pipeline(
         return dsl.ContainerSpec(
             image=image,
             command=[*py, "components.train_generator"],
-            args=[
-                "--params",
-                params,
-                "--preset",
-                preset,
-                "--data",
-                data.path,
-                "--data-version",
-                data_version,
-                "--encoder",
-                dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
-                "--out",
-                out.path,
-            ],
+            args=flags(
+                params=params,
+                preset=preset,
+                data=data.path,
+                data_version=data_version,
+                encoder=dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
+                out=out.path,
+            ),
         )
 
     @dsl.container_component
@@ -99,20 +88,14 @@ def build_pipeline(
         return dsl.ContainerSpec(
             image=image,
             command=[*py, "components.adapt"],
-            args=[
-                "--params",
-                params,
-                "--preset",
-                preset,
-                "--data",
-                data.path,
-                "--data-version",
-                data_version,
-                "--encoder",
-                dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
-                "--out",
-                classifier.path,
-            ],
+            args=flags(
+                params=params,
+                preset=preset,
+                data=data.path,
+                data_version=data_version,
+                encoder=dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
+                out=classifier.path,
+            ),
         )
 
     @dsl.container_component
@@ -127,20 +110,14 @@ def build_pipeline(
         return dsl.ContainerSpec(
             image=image,
             command=[*py, "components.evaluate"],
-            args=[
-                "--params",
-                params,
-                "--preset",
-                preset,
-                "--data",
-                data.path,
-                "--corrupted",
-                corrupted.path,
-                "--classifier",
-                dsl.ConcatPlaceholder([classifier.path, "/classifier.pt"]),
-                "--out",
-                evaluation.path,
-            ],
+            args=flags(
+                params=params,
+                preset=preset,
+                data=data.path,
+                corrupted=corrupted.path,
+                classifier=dsl.ConcatPlaceholder([classifier.path, "/classifier.pt"]),
+                out=evaluation.path,
+            ),
         )
 
     @dsl.container_component
@@ -157,20 +134,15 @@ def build_pipeline(
             command=["tessera", "registry"],
             args=[
                 "register",
-                "--params",
-                params,
-                "--preset",
-                preset,
-                "--data",
-                data.path,
-                "--encoder",
-                dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
-                "--generator",
-                dsl.ConcatPlaceholder([generator.path, "/generator.pt"]),
-                "--classifier",  # evaluate's copy, with the adaptation policy
-                dsl.ConcatPlaceholder([evaluation.path, "/classifier.pt"]),
-                "--evaluation",
-                dsl.ConcatPlaceholder([evaluation.path, "/metrics.json"]),
+                *flags(
+                    params=params,
+                    preset=preset,
+                    data=data.path,
+                    encoder=dsl.ConcatPlaceholder([encoder.path, "/encoder.pt"]),
+                    generator=dsl.ConcatPlaceholder([generator.path, "/generator.pt"]),
+                    classifier=dsl.ConcatPlaceholder([evaluation.path, "/classifier.pt"]),  # with the policy
+                    evaluation=dsl.ConcatPlaceholder([evaluation.path, "/metrics.json"]),
+                ),
                 "--promote",
             ],
         )

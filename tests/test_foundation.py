@@ -158,3 +158,20 @@ def test_shared_names_load_without_torch_and_have_one_source() -> None:
         names.TTT_DEFAULTS[k] for k in ("steps", "copies", "lr", "momentum", "mask_ratio")
     )
     assert adapt.ttt_defaults(adapt.Config()) == names.TTT_DEFAULTS
+
+
+def test_cpu_tests_see_no_gpu(request: pytest.FixtureRequest) -> None:
+    """tests/conftest.py hides the GPU from every test not marked gpu (and from what they start) ..."""
+    import os
+
+    assert "gpu" not in request.keywords
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and not torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+def test_gpu_tests_see_the_gpu() -> None:
+    """... and shows it to the gpu-marked ones (skipped where there is none, as in CI)."""
+    import os
+
+    assert torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES") != ""
+    assert torch.zeros(1, device="cuda").device.type == "cuda"

@@ -7,11 +7,13 @@ scored item, whether the method and the frozen model got it right and which sour
 from, and resamples whole source images with replacement (a cluster bootstrap, Efron & Tibshirani
 1993, ch. 14), keeping each item's method and frozen outcome together (paired). Its percentile
 interval is what a policy decision may rest on; :func:`iid_gain` resamples items as if they were
-independent, only to show how much narrower that would (wrongly) be.
+independent, only to show how much narrower that would (wrongly) be. :func:`median_ci`, the
+distribution-free interval for a median of rounds, is what the benchmarks' verdicts rest on.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -122,3 +124,24 @@ class Outcomes:
         m = np.asarray(self.correct[method], dtype=bool)[keep]
         f = np.asarray(self.correct["frozen"], dtype=bool)[keep]
         return paired_gain(m, f, np.asarray(self.ids)[keep], n_boot=n_boot, seed=seed)
+
+
+def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of ``xs``: (low, high, its exact coverage).
+
+    The interval between the k-th smallest and the k-th largest value holds the median with
+    probability 1 - 2 P(Binomial(n, 1/2) < k), whatever the distribution; k is the largest for which
+    that is at least ``level``. With too few values for ``level`` (5 give at most 93.8%) it is the
+    whole range with the coverage it has.
+    """
+    xs, n = sorted(xs), len(xs)
+    if n == 0:
+        raise ValueError("no values")
+
+    def coverage(k: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= level:
+        k += 1
+    return xs[k - 1], xs[n - k], coverage(k)
