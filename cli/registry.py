@@ -114,12 +114,16 @@ def register_cmd(
     checkpoints = {"encoder": encoder, "classifier": classifier}
     if generator is not None and generator.is_file():
         checkpoints["generator"] = generator
-    metrics = {
-        k: float(v)
-        for k, v in json.loads(evaluation.read_text()).items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    release, versions = registry.release_from_files(mlflow_cfg, all_params, data, checkpoints, metrics)
+    from lifecycle.verify import EvaluationRejected
+
+    try:
+        metrics = json.loads(evaluation.read_text())
+        if not isinstance(metrics, dict):
+            raise EvaluationRejected(f"{evaluation} is not evaluate's metrics.json (a JSON object)")
+        release, versions = registry.release_from_files(mlflow_cfg, all_params, data, checkpoints, metrics)
+    except (EvaluationRejected, json.JSONDecodeError, OSError) as e:
+        typer.echo(f"error: not registered: {e}", err=True)
+        raise typer.Exit(2) from e
     typer.echo(f"release {release}: {versions} (alias challenger)")
     if promote:
         decision = promotion.promote(release, promote_cfg, mlflow_cfg)

@@ -58,6 +58,7 @@ class Config:
     label_smoothing: float = 0.1  # its cross-entropy label smoothing
     ssl_weight: float = 1.0  # joint: weight of the self-supervised losses (MAE + rotation)
     crop_scale: float = 0.35  # its random-resized crop: smallest area kept (1: no crop)
+    rotation_share: float = 1.0  # finetune / joint: fraction of each batch in the rotation loss
     flip: bool = True  # its horizontal flips (false for digits: a mirrored digit is another one)
     vit_probe_depth: int = 2  # vit_probe: transformer blocks of the head
     max_train: int = 0  # train on a seeded stratified subset of this many images (0: all)
@@ -140,12 +141,22 @@ def run(
     img_size = int(encoder_of(backbone).img_size)
     train = _load_split(data_dir, "train", None, img_size, cfg.max_train, cfg.seed)
     if train is None:
-        raise DataError(f"{data_dir}/train not found: build the data first (`tessera data build`)")
+        pool = " (it holds only an unlabelled pool)" if (data_dir / "unlabeled").is_dir() else ""
+        raise DataError(
+            f"{data_dir}/train not found{pool}: the classifier needs labelled class folders"
+            " (`tessera data build`, or `tessera data import` of class folders); pretraining and the"
+            " generator run without labels"
+        )
     x_train, y_train, classes = train
     config["num_classes"] = len(classes)
     model = TTTClassifier(**config)
     model.backbone.load_state_dict(backbone.state_dict())
     evals = {s: _load_split(data_dir, s, classes, img_size, 0, cfg.seed) for s in ("val", "test")}
+    if all(ev is None or len(ev[1]) == 0 for ev in evals.values()):  # no metric could come out
+        raise DataError(
+            f"{data_dir} has no val or test images, so no classifier could be scored: import class"
+            " folders large enough for every split (`tessera data import --purpose classify`)"
+        )
     metrics: dict[str, float] = {"classes": float(len(classes)), "train_images": float(len(x_train))}
 
     def score(prefix: str, fn: Any) -> None:
@@ -254,6 +265,7 @@ def _recipe_settings(cfg: Config) -> Any:
         label_smoothing=cfg.label_smoothing,
         ssl_weight=cfg.ssl_weight,
         crop_scale=cfg.crop_scale,
+        rotation_share=cfg.rotation_share,
         flip=cfg.flip,
         seed=cfg.seed,
     )

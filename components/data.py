@@ -24,7 +24,7 @@ import typer
 
 from tessera.config import load_params, section_of, to_dict
 from tessera.errors import TesseraError
-from tessera.names import CORRUPTIONS, EXTRA_CORRUPTIONS
+from tessera.names import CORRUPTIONS, DEFAULT_SPLIT, EXTRA_CORRUPTIONS
 from tessera.tracking import JsonTracker, NullTracker, Tracker
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,11 +38,13 @@ class Config:
     source: str = "embedded"  # embedded (digits + photo patches from installed wheels) | a folder to import
     root: str = "data"  # where data sets live
     seed: int = 0  # fixes the split and the patch positions
-    split: tuple[float, float, float] = (0.7, 0.1, 0.2)  # train, val, test fractions (stratified)
+    split: tuple[float, float, float] = DEFAULT_SPLIT  # train, val, test fractions (stratified)
     image_size: int = 32  # images are image_size x image_size RGB
     unlabeled_patches: int = 2000  # embedded: patches cut from the shipped photographs
     max_pixels: int = 40_000_000  # import: larger images are rejected (decompression-bomb guard)
     max_file_bytes: int = 64 * 1024**2  # import: larger files are rejected without being read
+    purpose: str = ""  # import: pretrain | classify (the checks at import; "": by the folder's layout)
+    min_images: int = 16  # import: fewer readable images than this cannot be pretrained on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +121,15 @@ def run_build(
         counts = manifest["counts"]
     else:
         result = _import(
-            Path(cfg.source), target, cfg.image_size, cfg.split, cfg.seed, cfg.max_pixels, cfg.max_file_bytes
+            Path(cfg.source),
+            target,
+            cfg.image_size,
+            cfg.split,
+            cfg.seed,
+            cfg.max_pixels,
+            cfg.max_file_bytes,
+            cfg.purpose or None,
+            cfg.min_images,
         )
         counts = result.counts
     metrics = _flat_counts(counts) | {"seconds": time.perf_counter() - start}
@@ -129,7 +139,15 @@ def run_build(
 
 
 def _import(
-    src: Path, target: Path, size: int, split: Any, seed: int, max_pixels: int, max_file_bytes: int
+    src: Path,
+    target: Path,
+    size: int,
+    split: Any,
+    seed: int,
+    max_pixels: int,
+    max_file_bytes: int,
+    purpose: str | None = None,
+    min_images: int = 16,
 ) -> Any:
     from tessera.data.importer import import_folder, scan
 
@@ -143,6 +161,8 @@ def _import(
             max_pixels=max_pixels,
             max_file_bytes=max_file_bytes,
             progress=bar.update,
+            purpose=purpose,
+            min_images=min_images,
         )
     if result.rejected:
         width = max(len(r["file"]) for r in result.rejected)
@@ -152,6 +172,12 @@ def _import(
             typer.echo(f"  {r['file'].ljust(width)}  {r['reason']}")
     if result.converted:
         typer.echo("converted to RGB: " + ", ".join(f"{k} x{v}" for k, v in result.converted.items()))
+    for w in result.warnings:
+        typer.echo(f"warning: {w}")
+    if result.steps:
+        typer.echo("what the later steps can do with it:")
+        for step, can in result.steps.items():
+            typer.echo(f"  {step:<9} {can}")
     return result
 
 
@@ -235,7 +261,18 @@ def import_cli(
         ..., "--name", help="data set name (letters, digits, . _ -; no /): writes <root>/<name>/"
     ),
     size: int = typer.Option(32, "--size", help="output images are size x size RGB"),
-    split: str = typer.Option("0.8,0.1,0.1", "--split", help="train,val,test fractions when not pre-split"),
+    split: str = typer.Option(
+        ",".join(f"{f:g}" for f in DEFAULT_SPLIT),
+        "--split",
+        help="train,val,test fractions when not pre-split (as data.split)",
+    ),
+    purpose: str = typer.Option(
+        "",
+        "--purpose",
+        help="pretrain (only enough readable images) or classify (labels usable in every split);"
+        " default: pretrain for a flat folder, classify for class folders",
+    ),
+    min_images: int = typer.Option(16, "--min-images", help="fewer readable images: the import fails"),
     seed: int = typer.Option(0, "--seed", help="seed of the stratified split"),
     root: str = typer.Option("data", "--root", help="where data sets live"),
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="decompression-bomb limit"),
@@ -248,7 +285,7 @@ def import_cli(
 
     start = time.perf_counter()
     target = dataset_dir(root, name)  # ConfigError (exit 2, nothing written) for ../x, /abs, ..
-    result = _import(src, target, size, split, seed, max_pixels, max_file_bytes)
+    result = _import(src, target, size, split, seed, max_pixels, max_file_bytes, purpose or None, min_images)
     typer.echo(f"{result.status}: {result.imported} images, {len(result.rejected)} rejected")
     _summary(result.out_dir, _flat_counts(result.counts) | {"seconds": time.perf_counter() - start})
     return Path(result.out_dir)

@@ -30,6 +30,9 @@ from tessera.tracking import JsonTracker, NullTracker, Tracker
 ALL_METHODS = EVAL_METHODS
 CHECKPOINT = "classifier.pt"  # the evaluated classifier with its adaptation policy (the one registered)
 POLICY_FILE = "adaptation_policy.json"
+# metrics.json names the weights it measured: registering an evaluation made outside the flow checks
+# it against the classifier registered with it (lifecycle/verify.py)
+DIGEST_KEY = "evaluated/weights_sha256"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Config:
     tent_steps: int = 1  # TENT: updates per test batch
     tent_batch_size: int = 64  # TENT: test images per batch
     normstat_prior: float = 16.0  # norm-stat: weight N of the training statistics (0: test batch only)
+    request_images: int = 16  # normstat, tent_episodic: images per request (they adapt to one at a time)
     seed: int = 0  # seeds the subsets, the TTT masks and the bootstrap
     policy_max_seconds_per_image: float = 5.0  # latency budget of the policy (adaptation s/image here)
     bootstrap: int = 2000  # resamples of the paired gain interval (by source image)
@@ -92,6 +96,7 @@ def method_settings(cfg: Config, ttt: dict[str, Any]) -> Any:
         rotation=rot,
         tent=TentSettings(cfg.tent_lr, 0.9, cfg.tent_steps, cfg.tent_batch_size),
         normstat_prior=cfg.normstat_prior,
+        request_images=cfg.request_images,
         batched=cfg.batched,
         batch_size=cfg.batch_size,
     )
@@ -192,7 +197,7 @@ def run(
     _summaries(metrics, acc, totals, seconds, images)
     gains = _gains(metrics, items, cfg)
     policy = _policy(metrics, gains, settings, cfg, stored_ttt)
-    _write_outputs(out_dir, metrics, acc, cells, tracker)
+    _write_outputs(out_dir, metrics, acc, cells, tracker, checkpoint.weights_digest(ckpt))
     _write_policy(out_dir, policy, gains, tracker)
     extra = {**dict(ckpt.get("extra") or {}), "policy": policy}  # registered, served: serving reads it
     checkpoint.save({**ckpt, "extra": extra}, out_dir / CHECKPOINT)
@@ -243,7 +248,15 @@ def _policy(
     from tessera.adapt.policy import NONE, SERVABLE, Candidate, choose
     from tessera.names import ttt_defaults
 
-    budgets = {"ttt_mae_episodic": {"steps": settings.ttt.steps, "copies": settings.ttt.copies}}
+    budgets = {
+        "ttt_mae_episodic": {"steps": settings.ttt.steps, "copies": settings.ttt.copies},
+        "normstat": {"prior": settings.normstat_prior, "request_images": settings.request_images},
+        "tent_episodic": {
+            "tent_steps": settings.tent.steps,
+            "tent_lr": settings.tent.lr,
+            "request_images": settings.request_images,
+        },
+    }
     served = ttt_defaults(stored)
     as_served = (
         settings.ttt.adapt == "encoder"
@@ -320,11 +333,13 @@ def _write_outputs(
     acc: dict[str, dict[str, dict[str, float]]],
     cells: list[Any],
     tracker: Tracker,
+    digest: str,
 ) -> None:
     from tessera.adapt.plots import bar_chart, heatmap
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    written = {**metrics, DIGEST_KEY: digest}
+    (out_dir / "metrics.json").write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     methods = list(acc)

@@ -131,7 +131,9 @@ def predict_cli(
     ),
     out: Path = typer.Option(Path("predictions.csv"), help="Output .csv or .json."),
     method: str | None = typer.Option(
-        None, "--method", help="none or ttt_mae_episodic (default: the checkpoint's adaptation policy)."
+        None,
+        "--method",
+        help="none, normstat, tent_episodic or ttt_mae_episodic (default: the checkpoint's policy).",
     ),
     ttt: bool = typer.Option(False, "--ttt", help="Same as --method ttt_mae_episodic."),
     steps: int = typer.Option(-1, help="TTT steps (-1: the policy's, else the checkpoint's default)."),
@@ -169,7 +171,13 @@ def predict_cli(
         raise ConfigError(str(e)) from e
     ttt = decision.method != NONE
     after, losses = before, None
-    if ttt and len(x):
+    if decision.method in ("normstat", "tent_episodic") and len(x):
+        from tessera.adapt.evaluation import per_request
+
+        n = max(1, int(decision.budget.get("request_images", 16)))  # as the policy measured it
+        chunks = [x[i : i + n] for i in range(0, len(x), n)]
+        after = torch.cat([per_request(decision.method, net, c, decision.budget).detach() for c in chunks])
+    elif ttt and len(x):
         from tessera.adapt.test_time import TTTSettings
         from tessera.adapt.ttt_mae import ttt_mae_trainer
 
@@ -185,9 +193,9 @@ def predict_cli(
         outs = [trainer.run(x[i : i + 1], i) for i in tqdm(range(len(x)), desc="TTT", unit="img")]
         after, losses = torch.cat([p for p, _ in outs]), torch.cat([loss for _, loss in outs])
     rows = []
-    for i, n in enumerate(names):
+    for i, name in enumerate(names):
         k, k0 = int(after[i].argmax()), int(before[i].argmax())
-        row: dict[str, Any] = {"path": n, "class": classes[k], "confidence": round(float(after[i, k]), 6)}
+        row: dict[str, Any] = {"path": name, "class": classes[k], "confidence": round(float(after[i, k]), 6)}
         if ttt:
             row.update(
                 class_before=classes[k0],

@@ -121,7 +121,9 @@ def run(
     encoder.to(device)
     size = encoder.encoder.img_size if hasattr(encoder, "encoder") else encoder.img_size
     # (N, 3, H, W); labels unused
-    images = load_pretraining_images(data_dir) if cfg.include_unlabeled else load_split(data_dir, "train")[0]
+    pool_only = not (Path(data_dir) / "train").is_dir()  # a flat import: the pool is all there is
+    use_pool = cfg.include_unlabeled or pool_only
+    images = load_pretraining_images(data_dir) if use_pool else load_split(data_dir, "train")[0]
     if cfg.max_images:
         images = images[: cfg.max_images]
     images = resize_to(images, size)  # (N, 3, S, S)

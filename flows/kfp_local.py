@@ -113,13 +113,8 @@ def register_step(
     if (Path(generator.path) / "generator.pt").is_file():
         checkpoints["generator"] = Path(generator.path) / "generator.pt"
     evaluation_metrics = json.loads((Path(evaluation.path) / "metrics.json").read_text())
-    numbers = {
-        k: float(v)
-        for k, v in evaluation_metrics.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    release, _ = registry.release_from_files(
-        mlflow_cfg, params, data_dir, checkpoints, numbers, "kfp-release"
+    release, _ = registry.release_from_files(  # checks the evaluation against the classifier first
+        mlflow_cfg, params, data_dir, checkpoints, evaluation_metrics, "kfp-release"
     )
     decision = promotion.promote(release, section_of(promotion.Config, params, "promote"), mlflow_cfg)
     return json.dumps({"release": release, "promoted": decision.promoted, "reason": decision.reason})

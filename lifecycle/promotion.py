@@ -53,6 +53,9 @@ class Config:
     min_corrupted_accuracy: float = 0.2  # ... and this corrupted accuracy
     reevaluate_on_data_change: bool = True  # re-measure the champion when the data version changed
     lock_timeout_s: float = 600.0  # wait at most this long for another promotion to finish
+    # an evaluation registered from outside the flow: clean test images re-scored here (0: all) ...
+    verify_images: int = 500
+    verify_tolerance: float = 0.02  # ... and how far (plus 4 standard errors) its claim may be off
 
 
 @dataclasses.dataclass

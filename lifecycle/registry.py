@@ -247,14 +247,28 @@ def release_from_files(
     params: Mapping[str, Any],
     data_dir: str | Path,
     checkpoints: Mapping[str, str | Path],
-    evaluation: Mapping[str, float],
+    evaluation: Mapping[str, Any],
     run_name: str = "release",
 ) -> tuple[str, dict[str, str]]:
     """Record a release made outside the Prefect flow (Kubeflow, a person): one MLflow run with the
-    params, the dataset input, the evaluation metrics, then the bundles as ``challenger``."""
+    params, the dataset input, the evaluation metrics, then the bundles as ``challenger``.
+
+    ``evaluation`` (evaluate's metrics.json) is checked against the classifier first
+    (:func:`lifecycle.verify.verify`: its weights digest, finite numbers, a clean spot check on
+    ``data_dir``'s test split); :class:`lifecycle.verify.EvaluationRejected` when it fails.
+    """
     import hashlib
 
     from lifecycle import tracking
+    from lifecycle.promotion import Config as PromoteConfig
+    from lifecycle.verify import verify
+    from tessera.config import section_of
+
+    gate = section_of(PromoteConfig, params, "promote")
+    verified = verify(checkpoints["classifier"], evaluation, data_dir, gate)
+    numbers = {
+        k: float(v) for k, v in evaluation.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
     # The data version travels in the checkpoints (a KFP artifact copy of the data is not DVC-tracked).
     from tessera import checkpoint
@@ -274,12 +288,13 @@ def release_from_files(
         "data_version": version["md5"],
         "params_hash": params_hash,
         "git_commit": tracking.git_commit(Path(__file__).resolve().parents[1]),
+        "evaluation.verified": verified,
     }
     run_id = tracking.start_run(client, tracking.experiment_id(client, mlflow_cfg), run_name, tags=tags)
     tracker = tracking.MlflowTracker(client, run_id)
     tracker.log_params(params)
     tracker.log_dataset(version, data_dir, name=Path(data_dir).name)
-    tracker.log_metrics(dict(evaluation), step=0)
+    tracker.log_metrics(numbers, step=0)
     versions = register_release(client, run_id, checkpoints, tags)
     client.set_terminated(run_id)
     return run_id, versions

@@ -35,6 +35,10 @@ class Config:
     max_workers: int = 1  # upper bound when scaling (maxWorkers)
     torch_threads: int = 0  # intra-op threads per CPU worker (0: tessera.threads' rule over max_workers)
     response_timeout_s: int = 120  # a batch taking longer restarts the worker (responseTimeout)
+    # requests waiting for a worker (jobQueueSize); beyond, a 503 at once, so a burst of long
+    # test-time adaptations cannot make every later request wait (TorchServe's default: 100)
+    job_queue_size: int = 100
+    ttt_job_queue_size: int = 8  # the same for the TTT classifier, whose requests are the long ones
     max_images: int = 16  # images in one request; more is a 413
     max_pixels: int = 4096 * 4096  # decoded pixels per image; more is a 413 (decompression bombs)
     ttt_steps: int = -1  # default TTT steps per request (-1: the checkpoint's extra["ttt"])
@@ -83,6 +87,7 @@ def model_config(cfg: Config, kind: str) -> dict[str, Any]:
         "batchSize": cfg.batch_size,
         "maxBatchDelay": cfg.max_batch_delay_ms,
         "responseTimeout": cfg.response_timeout_s,
+        "jobQueueSize": cfg.ttt_job_queue_size if kind == "ttt_classifier" else cfg.job_queue_size,
         "handler": handler,
     }
 

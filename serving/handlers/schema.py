@@ -290,7 +290,7 @@ class TTTDeployment:
 
     def plan(self, req: TTTRequest) -> dict[str, Any]:
         """The method, who chose it, the policy version and the budget for ``req``; 400 if refused."""
-        from tessera.adapt.policy import NONE, resolve
+        from tessera.adapt.policy import NONE, TTT, resolve
 
         given = req.model_fields_set
         if self.online:
@@ -321,15 +321,18 @@ class TTTDeployment:
             decision = resolve(self.policy, req.method, asked, self.default_method, budget)
         except (TesseraError, ValueError) as e:
             raise RequestError(400, f"option 'method': {e}") from e
-        adapt = decision.method != NONE
-        return {
+        ttt = decision.method == TTT
+        plan: dict[str, Any] = {
             "method": decision.method,
             "method_source": decision.source,
             "policy_version": decision.policy_version,
-            "steps": min(int(decision.budget.get("steps", 0)), self.max_steps) if adapt else 0,
+            "steps": min(int(decision.budget.get("steps", 0)), self.max_steps) if ttt else 0,
             "copies": min(int(decision.budget.get("copies", self.copies)), self.max_copies),
             "seed": req.seed,
         }
+        if decision.method not in (NONE, TTT):  # normstat, tent_episodic: what the policy measured
+            plan["settings"] = dict(decision.budget)
+        return plan
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ of ``copies`` randomly masked copies, then classified. The adaptation is the lib
 
 Whether a request is adapted at all is the release's adaptation policy (``extra["policy"]`` of the
 checkpoint, chosen by ``evaluate``; :func:`tessera.adapt.policy.resolve`): an explicit ``method``
-(``none`` or ``ttt_mae_episodic``) or budget (``steps``/``copies``) in the request wins, then the
-policy, then the deployment's ``method`` setting (``none`` unless configured). With ``none`` the
-answer is the frozen model's prediction, exactly. Every answer names the method applied, who chose
-it (``method_source``) and the policy version.
+(``none``, ``normstat``, ``tent_episodic`` or ``ttt_mae_episodic``) or budget (``steps``/``copies``)
+in the request wins, then the policy, then the deployment's ``method`` setting (``none`` unless
+configured). With ``none`` the answer is the frozen model's prediction, exactly; ``normstat`` and
+``tent_episodic`` adapt to the request's own images (``tessera.adapt.evaluation.per_request``).
+Every answer names the method applied, who chose it (``method_source``) and the policy version.
 
 Admission control (``serving.handlers.schema.WorkBudget``): a request's work, images x steps x copies,
 must fit its share of TorchServe's response timeout at the speed measured on the deployed model when
@@ -210,6 +211,15 @@ class TTTClassifierHandler(TesseraHandler):
         per_item: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]] = {}
         groups: dict[tuple[int, int, int], list[int]] = {}
         for j, it in enumerate(items):
+            if it.options["method"] in ("normstat", "tent_episodic"):  # the request's images adapt
+                from tessera.adapt.evaluation import per_request
+
+                x = it.images.to(self.device)
+                with torch.no_grad():
+                    p0 = self.model.eval()(x).softmax(dim=1).cpu()
+                p = per_request(it.options["method"], clf, x, it.options.get("settings") or {}).detach()
+                per_item[j] = (p.cpu(), torch.empty(len(p0), 0), p0, None)
+                continue
             if it.options["steps"] == 0:  # method none: the frozen prediction, exactly
                 with torch.no_grad():
                     p0 = self.model.eval()(it.images.to(self.device)).softmax(dim=1).cpu()

@@ -64,6 +64,19 @@ def make(
     }
 
 
+def weights_digest(ckpt: dict[str, Any]) -> str:
+    """The sha256 of a checkpoint's weights (names, dtypes, shapes and bytes, in name order): what an
+    evaluation says it measured, whatever else (the policy, tags) the file carries."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(ckpt["model"]):
+        t = ckpt["model"][name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save(ckpt: dict[str, Any], path: str | Path) -> Path:
     """Write ``ckpt`` atomically to ``path``."""
     path = Path(path)

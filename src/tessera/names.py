@@ -32,6 +32,9 @@ EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter
 ALL_CORRUPTIONS: tuple[str, ...] = CORRUPTIONS + EXTRA_CORRUPTIONS
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
+# The one default split (train, val, test) of `tessera data import`, `data.split` and the embedded set.
+DEFAULT_SPLIT: tuple[float, float, float] = (0.7, 0.1, 0.2)
+
 PRETRAIN_METHODS: tuple[str, ...] = ("mae", "simclr", "byol")
 ADAPT_METHODS: tuple[str, ...] = ("linear", "knn", "finetune")
 # The test-time methods evaluate scores (names as in the metric keys).
@@ -39,6 +42,7 @@ EVAL_METHODS: tuple[str, ...] = (
     "frozen",
     "normstat",
     "tent",
+    "tent_episodic",
     "rotation_episodic",
     "rotation_online",
     "ttt_mae_episodic",

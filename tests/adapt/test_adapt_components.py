@@ -102,6 +102,10 @@ def test_evaluate_writes_every_key_plot_and_table(
     )
     m = json.loads((out / "metrics.json").read_text())
     assert m["clean/n"] == 100 and m["clean/accuracy"] > 0.5
+    # it names the weights it measured (checked when registered from outside the flow)
+    evaluated = checkpoint.load(adapted[0] / "classifier.pt")
+    assert m[eval_step.DIGEST_KEY] == checkpoint.weights_digest(evaluated)
+    assert checkpoint.weights_digest(checkpoint.load(out / "classifier.pt")) == m[eval_step.DIGEST_KEY]
     # the frozen scores, recomputed here from the same seeded subsets, must be the reported ones
     model, _, classes = eval_step.load_classifier(adapted[0] / "classifier.pt", data)
     expected = {"clean/frozen/accuracy": _frozen_accuracy(model, data / "test", classes, 10)}
@@ -238,3 +242,14 @@ def test_the_registered_classifier_is_the_chosen_recipe_and_evaluates(
     )
     m = eval_step.run(small, digits_dirs[0], digits_dirs[1], tmp_path / "a" / "classifier.pt", tmp_path / "e")
     assert m["corrupted/frozen/mean_accuracy"] == m["corrupted/normstat/mean_accuracy"] or recipe == "joint"
+
+
+def test_adapt_without_val_or_test_images_fails_instead_of_scoring_nothing(
+    digits_dirs: tuple[Path, Path], encoder_path: Path, tmp_path: Path
+) -> None:
+    only_train = tmp_path / "only-train"
+    shutil.copytree(digits_dirs[0] / "train", only_train / "train")
+    cfg = adapt_step.Config(methods=("linear",), epochs=1)
+    with pytest.raises(DataError, match="no val or test images"):
+        adapt_step.run(cfg, only_train, encoder_path, tmp_path / "out", data_version="x.dir")
+    assert not (tmp_path / "out" / "classifier.pt").exists()

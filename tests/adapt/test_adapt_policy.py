@@ -76,3 +76,20 @@ def test_request_then_policy_then_server() -> None:
     assert (d.method, d.source, d.policy_version) == (NONE, "server", None)
     with pytest.raises(ValueError, match="not served"):
         resolve(adapt, "tent", {}, NONE, BUDGET)
+
+
+def test_per_request_methods_get_the_settings_they_were_measured_with() -> None:
+    measured = {"prior": 16.0, "request_images": 16}
+    candidates = [
+        Candidate("normstat", measured, 0.03, 0.01, 0.05, 0.001, 300),
+        Candidate("tent_episodic", {"tent_steps": 1, "tent_lr": 1e-3}, 0.04, 0.02, 0.06, 0.003, 300),
+        Candidate("ttt_mae_episodic", {"steps": 5, "copies": 8}, 0.05, 0.03, 0.07, 0.2, 300),
+    ]
+    policy = choose(candidates, max_seconds_per_image=5.0, selected_on=["spatter"])
+    assert policy["method"] == "normstat"  # proven, and the cheapest
+    d = resolve(policy, None, {}, NONE, BUDGET)
+    assert (d.method, d.budget, d.source) == ("normstat", measured, "policy")  # no TTT budget in it
+    d = resolve(policy, "tent_episodic", {}, NONE, BUDGET)  # another servable method, by request
+    assert (d.method, d.budget, d.source) == ("tent_episodic", {"tent_steps": 1, "tent_lr": 1e-3}, "request")
+    d = resolve(policy, None, {"steps": 3}, NONE, BUDGET)  # a TTT budget asks for TTT-MAE
+    assert (d.method, d.budget) == ("ttt_mae_episodic", {"steps": 3, "copies": 16})

@@ -80,6 +80,8 @@ GOOD = {
     "dog/c.jpg": "jpeg",
     "dog/d.png": "RGB",
     "dog/e.png": "RGB",
+    "dog/f.png": "RGB",
+    "dog/g.png": "RGB",  # 7 dogs, 6 cats: each class in train, val and test at 70/10/20
 }
 
 
@@ -187,11 +189,12 @@ def test_presplit_kept_and_flat_is_unlabelled(tmp_path: Path) -> None:
 
     flat = tmp_path / "flat"
     flat.mkdir()
-    for i in range(5):
+    for i in range(16):  # pretraining needs at least 16 (min_images)
         (flat / f"{i}.jpg").write_bytes(_jpeg(i))
     result = import_folder(flat, tmp_path / "data" / "flat", size=16)
-    assert result.counts == {"unlabeled": 5}
-    assert load_unlabeled(tmp_path / "data" / "flat").shape == (5, 3, 16, 16)
+    assert result.counts == {"unlabeled": 16}
+    assert load_unlabeled(tmp_path / "data" / "flat").shape == (16, 3, 16, 16)
+    assert result.steps["pretrain"].startswith("yes") and result.steps["adapt"] == "no: no labels"
 
 
 def test_seeded_stratified_split(tmp_path: Path) -> None:
@@ -278,7 +281,8 @@ def test_symlinks_are_reported_and_their_outside_targets_never_opened(
         (src / rel).symlink_to(target)
     opened = _record_opens(monkeypatch)
 
-    result = import_folder(src, tmp_path / "data" / "mine")
+    few = {"purpose": "pretrain", "min_images": 1}  # 2 images: too few for any real purpose
+    result = import_folder(src, tmp_path / "data" / "mine", **few)  # type: ignore[arg-type]
     reasons = {r["file"]: r["reason"] for r in result.rejected}
     assert set(reasons) == set(links)
     for rel in links:
@@ -295,7 +299,10 @@ def test_symlinks_are_reported_and_their_outside_targets_never_opened(
         "dog/a.png",
     ]
 
-    cli = CliRunner().invoke(app, ["import", str(src), "--name", "cli", "--root", str(tmp_path / "data")])
+    few_cli = ["--purpose", "pretrain", "--min-images", "1"]
+    cli = CliRunner().invoke(
+        app, ["import", str(src), "--name", "cli", "--root", str(tmp_path / "data"), *few_cli]
+    )
     assert cli.exit_code == 0, cli.output
     assert "2 images, 8 rejected" in cli.output and "outside the source folder" in cli.output
     for rel in links:
@@ -305,7 +312,7 @@ def test_symlinks_are_reported_and_their_outside_targets_never_opened(
 
     # the source folder itself may be a link (the user named it): only links beneath it are refused
     (tmp_path / "src-link").symlink_to(src)
-    assert import_folder(tmp_path / "src-link", tmp_path / "data" / "via-link").imported == 2
+    assert import_folder(tmp_path / "src-link", tmp_path / "data" / "via-link", **few).imported == 2  # type: ignore[arg-type]
 
 
 def test_sparse_2gb_file_is_rejected_by_size_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -330,7 +337,7 @@ def test_sparse_2gb_file_is_rejected_by_size_unread(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(os, "read", counting_read)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     start = time.perf_counter()
-    result = import_folder(src, tmp_path / "data" / "s")
+    result = import_folder(src, tmp_path / "data" / "s", min_images=1)
     assert time.perf_counter() - start < 10
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 200 * 1024
     reasons = {r["file"]: r["reason"] for r in result.rejected}
@@ -369,7 +376,50 @@ def test_import_command_refuses_a_name_whose_folder_links_out_of_root(tmp_path: 
     assert result.exit_code == 2 and "outside --root" in result.output, result.output
     assert list((tmp_path / "elsewhere").iterdir()) == []
     ok = CliRunner().invoke(
-        app, ["import", str(src), "--name", "pets-v1.2_b", "--root", str(tmp_path / "root")]
+        app,
+        ["import", str(src), "--name", "pets-v1.2_b", "--root", str(tmp_path / "root")]
+        + ["--purpose", "pretrain", "--min-images", "1"],
     )
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "root" / "pets-v1.2_b" / "manifest.json").is_file()
+
+
+def _class_folder(root: Path, sizes: dict[str, int], px: int = 40) -> Path:
+    for cls, n in sizes.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            (root / cls / f"{i}.png").write_bytes(_png("RGB", (px, px), seed=hash((cls, i)) % 1000))
+    return root
+
+
+def test_a_class_too_small_for_every_split_is_rejected_naming_it(tmp_path: Path) -> None:
+    src = _class_folder(tmp_path / "src", {"cat": 1, "dog": 1, "frog": 12})  # one image per class
+    result = CliRunner().invoke(app, ["import", str(src), "--name", "tiny", "--root", str(tmp_path / "d")])
+    assert result.exit_code == 2, result.output
+    assert "2 class(es) too small to appear in every split" in result.output
+    assert "cat (1 image(s), none in val/test)" in result.output and "dog" in result.output
+    assert "frog" not in result.output.split("too small", 1)[1].split(".")[0]
+    assert not (tmp_path / "d" / "tiny").exists()  # nothing written
+    with pytest.raises(DataError, match="a single class"):
+        import_folder(_class_folder(tmp_path / "one", {"cat": 20}), tmp_path / "d" / "one")
+    with pytest.raises(DataError, match="no class folders"):
+        flat = tmp_path / "flat"
+        flat.mkdir()
+        for i in range(20):
+            (flat / f"{i}.png").write_bytes(_png("RGB", seed=i))
+        import_folder(flat, tmp_path / "d" / "flat", purpose="classify")
+
+
+def test_small_images_and_leaks_across_splits_are_warned(tmp_path: Path) -> None:
+    src = _class_folder(tmp_path / "src", {"cat": 10, "dog": 10}, px=20)  # smaller than 32 px
+    for i in range(10):  # the same bytes in every class folder: some land in different splits
+        (src / "dog" / f"copy{i}.png").write_bytes((src / "cat" / f"{i}.png").read_bytes())
+    result = CliRunner().invoke(app, ["import", str(src), "--name", "w", "--root", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert "smaller than 32 px and were upscaled" in result.output and "by 1.6x" in result.output
+    assert "identical across splits (a train/test leak)" in result.output
+    assert "adapt     yes: 2 classes" in result.output
+    report = json.loads((tmp_path / "d" / "w" / "import_report.json").read_text())
+    assert report["validation"]["purpose"] == "classify" and len(report["validation"]["warnings"]) == 2
+    again = import_folder(src, tmp_path / "d" / "w")  # unchanged: the stored warnings come back
+    assert again.status == "unchanged" and again.warnings == report["validation"]["warnings"]

@@ -246,6 +246,8 @@ def test_serving_ttt_plan_keeps_the_policy_logic() -> None:
     assert (frozen["method"], frozen["steps"]) == ("none", 0)
     none = schema.TTTDeployment(steps=2, copies=4, max_steps=10, max_copies=8, policy=policy(False))
     assert none.plan(schema.validate(none.model(), {}))["steps"] == 0
+    norm = dep.plan(schema.validate(model, {"method": "normstat"}))  # no TTT work: nothing to admit
+    assert (norm["method"], norm["steps"], norm["settings"]) == ("normstat", 0, {})
     online = schema.TTTDeployment(steps=2, copies=4, max_steps=10, max_copies=8, online=True)
     assert online.plan(schema.validate(online.model(), {"steps": 2}))["method"] == "ttt_mae_online"
     with pytest.raises(RequestError, match="adapts online"):

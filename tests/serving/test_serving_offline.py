@@ -82,6 +82,7 @@ def test_serving_offline_predict_applies_the_policy_by_default(tmp_path, ckpts) 
         ("policy", ckpts["ttt"], []),  # its policy: TTT-MAE at 2 steps x 4 copies
         ("none", ttt_checkpoint(tmp_path / "none.pt", 2, adapt=False), []),  # its policy: none
         ("override", ttt_checkpoint(tmp_path / "none2.pt", 2, adapt=False), ["--method", "ttt_mae_episodic"]),
+        ("normstat", ttt_checkpoint(tmp_path / "none3.pt", 2, adapt=False), ["--method", "normstat"]),
     ):
         out = tmp_path / f"{label}.json"
         r = CliRunner().invoke(
@@ -95,3 +96,5 @@ def test_serving_offline_predict_applies_the_policy_by_default(tmp_path, ckpts) 
     assert "class_before" not in runs["none"]["results"][0]  # frozen: nothing before/after to show
     assert (runs["override"]["method"], runs["override"]["method_source"]) == ("ttt_mae_episodic", "request")
     assert runs["none"]["policy_version"] == runs["override"]["policy_version"] is not None
+    assert (runs["normstat"]["method"], runs["normstat"]["method_source"]) == ("normstat", "request")
+    assert {r["class_before"] for r in runs["normstat"]["results"]} <= set(runs["normstat"]["classes"])

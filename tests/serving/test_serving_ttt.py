@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -120,6 +121,22 @@ def test_serving_ttt_policy_none_answers_frozen_and_a_request_can_override_it(tt
     over = management.predict(ttt, "ttt-none", body, JSON).json()
     assert (over["method"], over["method_source"], over["steps"]) == ("ttt_mae_episodic", "request", 2)
     assert len(over["predictions"][0]["loss"]["per_step"]) == 2
+    # the per-request methods adapt to the request's own images (a batch of 4 here)
+    from tessera.adapt.evaluation import per_request
+
+    four = [b64(png(41 + k)) for k in range(4)]
+    x = torch.stack([as_tensor(base64.b64decode(v)) for v in four])
+    model = from_checkpoint(checkpoint.load(ckpt_path)).eval()
+    for method in ("normstat", "tent_episodic"):
+        r = management.predict(ttt, "ttt-none", json.dumps({"images": four, "method": method}).encode(), JSON)
+        assert r.status_code == 200, r.text
+        ans = r.json()
+        assert (ans["method"], ans["method_source"], ans["steps"]) == (method, "request", 0)
+        want = per_request(method, model, x, ans.get("settings") or {})
+        got = torch.tensor([p["probabilities"] for p in ans["predictions"]])
+        assert torch.allclose(got, want, atol=1e-5), method
+        before = torch.tensor([p["before"]["probabilities"] for p in ans["predictions"]])
+        assert not torch.allclose(got, before)
     bad = management.predict(
         ttt, "ttt-none", json.dumps({"image": b64(data), "method": "tent"}).encode(), JSON
     )
@@ -180,3 +197,31 @@ def test_serving_ttt_online_keeps_adapting_along_the_stream(ttt, ckpts) -> None:
     assert got[0] != got[1]
     r = management.predict(ttt, "ttt-online", json.dumps({"image": b64(data), "steps": 5}).encode(), JSON)
     assert r.status_code == 400
+
+
+def test_serving_ttt_queue_is_bounded_so_a_burst_of_long_work_is_refused_at_once(ttt, ckpts) -> None:
+    """jobQueueSize (serve.ttt_job_queue_size) bounds the requests waiting behind long adaptations:
+    beyond it TorchServe answers 503 at once instead of making every later request wait."""
+    import time
+
+    from serving import package
+
+    cfg = package.Config(batch_size=1, max_batch_delay_ms=0, ttt_job_queue_size=1)
+    management.register(ttt, package.package(ckpts["ttt"], "ttt-queue", 1, ttt.model_store, cfg))
+    slow = json.dumps({"image": b64(png(3)), "steps": 50, "copies": 32}).encode()
+
+    def send(_: int) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        r = management.predict(ttt, "ttt-queue", slow, JSON, timeout=120)
+        return r.status_code, time.perf_counter() - t0
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(send, range(6)))
+        codes = [c for c, _ in results]
+        assert set(codes) <= {200, 503} and codes.count(200) >= 1 and 503 in codes, results
+        fastest_ok = min(t for c, t in results if c == 200)
+        assert max(t for c, t in results if c == 503) < fastest_ok  # refused before any work ended
+        assert management.predict(ttt, "ttt-queue", png(4), {"Content-Type": "image/png"}).status_code == 200
+    finally:
+        management.unregister(ttt, "ttt-queue", "1")

@@ -23,9 +23,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 NONE = "none"
+TTT = "ttt_mae_episodic"  # what a request that sends a TTT budget (steps/copies) without a method gets
 SCHEMA = 1
-# What the TTT classifier endpoint can apply to one request on its own (no state across requests).
-SERVABLE: tuple[str, ...] = ("ttt_mae_episodic",)
+# What the TTT classifier endpoint can apply to one request on its own (no state across requests):
+# normalisation statistics of the request's images, TENT reset per request, TTT-MAE per image.
+SERVABLE: tuple[str, ...] = ("normstat", "tent_episodic", TTT)
 METHODS_SERVED: tuple[str, ...] = (NONE, *SERVABLE)
 
 
@@ -115,18 +117,38 @@ def resolve(
     """Precedence: an explicit method or budget in the request, then the policy, then the server.
 
     A request that sends a budget (``steps``/``copies``) without a method asks for TTT-MAE; one that
-    sends ``method: none`` gets the frozen prediction whatever its budget says.
+    sends ``method: none`` gets the frozen prediction whatever its budget says. The TTT-MAE budget
+    (``steps``, ``copies``) is the server's overlaid by the policy's and the request's; another method
+    gets the settings the policy measured it with (e.g. normstat's ``prior``), else its own defaults.
     """
     version = str(policy["version"]) if policy else None
     if requested_method is not None and requested_method not in METHODS_SERVED:
         raise ValueError(f"method {requested_method!r} is not served here; use one of {list(METHODS_SERVED)}")
     if requested_method is not None or requested_budget:
-        method = requested_method or SERVABLE[0]
+        method = requested_method or TTT
         base = dict(policy.get("budget") or {}) if policy and policy.get("method") == method else {}
-        budget = {**dict(server_budget), **base, **dict(requested_budget)}
-        return Decision(method, {} if method == NONE else budget, "request", version)
+        if method != TTT and policy:  # the settings the policy measured this method with
+            base = _measured_budget(policy, method)
+        return Decision(method, _budget(method, server_budget, base, requested_budget), "request", version)
     if policy:
         method = str(policy.get("method", NONE))
-        budget = {**dict(server_budget), **dict(policy.get("budget") or {})}
-        return Decision(method, {} if method == NONE else budget, "policy", version)
-    return Decision(server_method, {} if server_method == NONE else dict(server_budget), "server", None)
+        return Decision(method, _budget(method, server_budget, policy.get("budget") or {}), "policy", version)
+    return Decision(server_method, _budget(server_method, server_budget, {}), "server", None)
+
+
+def _measured_budget(policy: Mapping[str, Any], method: str) -> dict[str, Any]:
+    for c in policy.get("candidates") or []:
+        if c.get("method") == method:
+            return dict(c.get("budget") or {})
+    return {}
+
+
+def _budget(method: str, server: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str, Any]:
+    if method == NONE:
+        return {}
+    merged: dict[str, Any] = dict(server) if method == TTT else {}
+    for layer in layers:
+        merged.update(layer)
+    if method != TTT:  # a TTT budget sent along with another method has nothing to bound
+        merged = {k: v for k, v in merged.items() if k not in ("steps", "copies")}
+    return merged

@@ -46,6 +46,7 @@ class RecipeSettings:
     ssl_weight: float = 1.0  # joint (and finetune with a rotation head): weight of the SSL losses
     mask_ratio: float = 0.75  # joint: MAE masking of the reconstruction loss
     crop_scale: float = 0.35  # random-resized crop keeps at least this fraction of the area
+    rotation_share: float = 1.0  # fraction of each batch rotated for the rotation loss (its cost)
     flip: bool = True  # horizontal flips (off for data whose mirror image is another class: digits)
     seed: int = 0  # shuffling, augmentation, masks
 
@@ -103,9 +104,10 @@ def _ssl_loss(model: TTTClassifier, x: torch.Tensor, recipe: str, s: RecipeSetti
         mae: Any = model.backbone
         latent, mask, ids_restore = mae.forward_encoder(x, s.mask_ratio, noise)
         loss = loss + mae.forward_loss(x, mae.forward_decoder(latent, ids_restore), mask).mean()
-    if model.rot_head is not None and recipe in ("joint", "finetune"):
-        k = torch.randint(0, 4, (x.shape[0],), generator=gen)
-        xr = torch.stack([torch.rot90(img, int(r), dims=(1, 2)) for img, r in zip(x, k, strict=True)])
+    if model.rot_head is not None and recipe in ("joint", "finetune") and s.rotation_share > 0:
+        xs = x[: max(1, math.ceil(s.rotation_share * x.shape[0]))]  # the batch is shuffled already
+        k = torch.randint(0, 4, (xs.shape[0],), generator=gen)
+        xr = torch.stack([torch.rot90(img, int(r), dims=(1, 2)) for img, r in zip(xs, k, strict=True)])
         loss = loss + F.cross_entropy(model.rotation_logits(xr), k)
     return loss
 

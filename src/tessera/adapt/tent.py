@@ -3,15 +3,23 @@
 Only the affine parameters of the normalisation layers are updated, to minimise the entropy of the
 model's predictions on each test batch; everything else stays frozen. In a ViT the normalisation
 layers are LayerNorms (their statistics are per token, so only the affine part adapts); the
-classifier's affine-free BatchNorm has no parameters to update (its statistics are the business of
-:mod:`tessera.adapt.normstat`). As in the reference, the predictions returned for a batch are those
-of the forward pass that computes the batch's last update, and the adaptation carries on along the
-stream of batches until :meth:`Tent.reset`.
+classifier's affine-free BatchNorm has no parameters to update, but, as the reference configures
+BatchNorm (``tent.configure_model``: training mode, no running statistics), it normalises with the
+test batch's statistics when ``batch_stats`` is on (the running statistics stay untouched). As in the
+reference, the predictions returned for a batch are those of the forward pass that computes the
+batch's last update, and the adaptation carries on along the stream of batches until
+:meth:`Tent.reset`.
+
+:func:`tent_episodic` is the per-request variant serving can apply (no state across requests): the
+weights are reset for every request, adapted ``steps`` times on the request's images, and the
+request is answered by the adapted weights.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +39,7 @@ class TentSettings:
     momentum: float = 0.9  # SGD momentum
     steps: int = 1  # updates per test batch
     batch_size: int = 64  # test images per batch
+    batch_stats: bool = True  # BatchNorm layers normalise with the test batch's statistics
 
 
 def norm_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -46,6 +55,26 @@ def norm_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """(B, K) logits -> (B,) Shannon entropy of the softmax."""
     return -(logits.softmax(dim=1) * logits.log_softmax(dim=1)).sum(dim=1)
+
+
+@contextmanager
+def batch_statistics(model: nn.Module, on: bool = True) -> Iterator[None]:
+    """Inside: every BatchNorm of ``model`` normalises with its input batch's statistics (training
+    mode, momentum 0, so its running statistics stay as they were); outside: as before."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if on else []
+    saved = [(m.training, m.momentum, getattr(m, "num_batches_tracked", None)) for m in bns]
+    saved = [(t, mom, None if n is None else n.clone()) for t, mom, n in saved]
+    try:
+        for m in bns:
+            m.train()
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, (training, momentum, tracked) in zip(bns, saved, strict=True):
+            m.train(training)
+            m.momentum = momentum
+            if tracked is not None and m.num_batches_tracked is not None:
+                m.num_batches_tracked.copy_(tracked)  # counted in training mode: put back
 
 
 class Tent:
@@ -70,7 +99,11 @@ class Tent:
         self.model.eval()
         probs = torch.empty(0)
         for _ in range(max(self.settings.steps, 1)):
-            with torch.enable_grad(), only_trainable(self.model, self.params):
+            with (
+                torch.enable_grad(),
+                only_trainable(self.model, self.params),
+                batch_statistics(self.model, self.settings.batch_stats and len(x) > 1),
+            ):
                 logits = self.model(x)  # (B, K)
                 probs = logits.detach().softmax(dim=1)
                 if self.settings.steps == 0:
@@ -86,3 +119,17 @@ class Tent:
         bs = self.settings.batch_size
         out = [self.forward_and_adapt(images[i : i + bs]) for i in range(0, len(images), bs)]
         return torch.cat(out) if out else torch.empty(0, self.model.num_classes)
+
+
+def tent_episodic(model: TTTClassifier, images: torch.Tensor, settings: TentSettings) -> torch.Tensor:
+    """One request's TENT: ``settings.steps`` updates on ``images`` (N, C, H, W) from the source
+    weights, then -> (N, K) probabilities of the adapted weights; the model is left as it was."""
+    tent = Tent(model, settings)
+    try:
+        if settings.steps > 0:
+            tent.forward_and_adapt(images)
+        model.eval()
+        with torch.no_grad(), batch_statistics(model, settings.batch_stats and len(images) > 1):
+            return model(images).softmax(dim=1)
+    finally:
+        tent.reset()

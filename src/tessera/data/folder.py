@@ -83,9 +83,21 @@ def load_unlabeled(root: str | Path) -> torch.Tensor:
 
 
 def load_pretraining_images(root: str | Path) -> torch.Tensor:
-    """Images for self-supervised pretraining: the train split (labels unused) + the unlabelled pool."""
-    train, _, _ = load_split(root, "train")
+    """Images for self-supervised pretraining: the train split (labels unused) + the unlabelled pool.
+
+    A pool-only data set (a flat folder imported with ``tessera data import``) pretrains on its pool:
+    self-supervised pretraining and the generator need no labels.
+    """
+    root = Path(root)
     pool = load_unlabeled(root)
+    if not (root / "train").is_dir():
+        if pool.shape[0]:
+            return pool
+        raise DataError(
+            f"{root} has neither a train split nor an unlabelled pool: build or import the data first"
+            " (`tessera data build`, `tessera data import FOLDER --name NAME`)"
+        )
+    train, _, _ = load_split(root, "train")
     if pool.numel() and pool.shape[-2:] == train.shape[-2:]:
         return torch.cat([train, pool])
     return train

@@ -2,7 +2,7 @@
 
 Accepted source layouts (detected in this order):
 - ``SRC/{train,val,test}/<class>/...``: the splits are kept as they are;
-- ``SRC/<class>/...``: a seeded stratified split (80/10/10 by default);
+- ``SRC/<class>/...``: a seeded stratified split (70/10/20 by default, as ``data.split``);
 - ``SRC/*`` (no sub-folders): an unlabelled pool (``unlabeled/``).
 A folder ``SRC/unlabeled/`` beside class or split folders becomes the unlabelled pool.
 Every file is read by :func:`tessera.data.images.read_image_file` (refused unread when it is not a
@@ -39,7 +39,8 @@ from tessera.data.images import (
     square_resize,
 )
 from tessera.data.manifest import make_manifest, read_manifest, sha256_bytes, staged_directory, write_manifest
-from tessera.data.split import SPLIT_NAMES, parse_fractions, stratified_split
+from tessera.data.split import DEFAULT_SPLIT, SPLIT_NAMES, parse_fractions, stratified_split
+from tessera.data.validate import DEFAULT_MIN_IMAGES, Item, check, default_purpose
 from tessera.errors import ConfigError, DataError, ImageError
 
 REPORT = "import_report.json"
@@ -71,6 +72,8 @@ class ImportResult:
     imported: int
     rejected: list[dict[str, str]] = field(default_factory=list)
     converted: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # tessera.data.validate's
+    steps: dict[str, str] = field(default_factory=dict)  # what each later step can do with the set
 
 
 def dataset_dir(root: str | Path, name: str) -> Path:
@@ -235,16 +238,20 @@ def import_folder(
     out_dir: str | Path,
     *,
     size: int = 32,
-    split: str | tuple[float, float, float] = (0.8, 0.1, 0.1),
+    split: str | tuple[float, float, float] = DEFAULT_SPLIT,
     seed: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     progress: Callable[[int], Any] | None = None,
+    purpose: str | None = None,
+    min_images: int = DEFAULT_MIN_IMAGES,
 ) -> ImportResult:
     """Import ``src`` into ``out_dir`` (``data/<name>``); see the module docstring.
 
     ``max_pixels``: the decompression-bomb limit (pixels declared by a header); ``max_file_bytes``:
-    a larger file is rejected without being read (default 64 MiB).
+    a larger file is rejected without being read (default 64 MiB). ``purpose`` (``pretrain`` or
+    ``classify``; None: by layout) chooses the checks of :mod:`tessera.data.validate`, run before
+    anything is written: a set that cannot serve its purpose raises :class:`DataError`.
     """
     src, out_dir = Path(src), Path(out_dir)
     if not src.is_dir():
@@ -260,24 +267,30 @@ def import_folder(
         "max_pixels": max_pixels,
         "max_file_bytes": max_file_bytes,
     }
+    purpose = purpose or default_purpose(layout)
     fp = fingerprint(src, entries, options)
     if _unchanged(out_dir, fp):
         manifest = read_manifest(out_dir)
         report = json.loads((out_dir / REPORT).read_text())
-        return ImportResult(
-            "unchanged",
-            out_dir,
-            manifest["counts"],
-            manifest["total"],
-            report["rejected"],
-            report["converted"],
-        )
+        stored = report.get("validation") or {}
+        if stored.get("purpose", purpose) == purpose:
+            return ImportResult(
+                "unchanged",
+                out_dir,
+                manifest["counts"],
+                manifest["total"],
+                report["rejected"],
+                report["converted"],
+                stored.get("warnings", []),
+                stored.get("steps", {}),
+            )
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
         raise DataError(f"{out_dir} exists and is not a Tessera data set: choose another --name")
 
     rejected: list[dict[str, str]] = []
     converted: Counter[str] = Counter()
     good: list[tuple[Entry, Any]] = []
+    seen: list[tuple[str, int, int]] = []  # per good image: content hash, width, height (for validate)
     src_fd = _open_source(src)
     try:
         for e in entries:
@@ -286,6 +299,7 @@ def import_folder(
                     data = _read_beneath(src, src_fd, e.rel, max_file_bytes)
                     im = open_image(data, max_pixels=max_pixels)
                     good.append((e, square_resize(im, size)))
+                    seen.append((sha256_bytes(data), im.size[0], im.size[1]))
                     mode = im.info.get("source_mode", "RGB")
                     if mode != "RGB":
                         converted[mode] += 1
@@ -322,6 +336,9 @@ def import_folder(
     to_split = [i for i, (e, _) in enumerate(good) if e.split is None]
     assigned = stratified_split([good[i][0].cls or "" for i in to_split], fractions, seed)
     splits = {i: s for i, s in zip(to_split, assigned, strict=True)}
+    items = [Item(e.rel, str(splits.get(i, e.split)), e.cls, *seen[i]) for i, (e, _) in enumerate(good)]
+    verdict = check(items, purpose, size, fractions, presplit=layout == "presplit", min_images=min_images)
+    report["validation"] = verdict.as_dict()
     with staged_directory(out_dir) as staging:
         files: dict[str, str] = {}
         origin: dict[str, str] = {}
@@ -347,5 +364,12 @@ def import_folder(
         write_manifest(staging, manifest)
         (staging / REPORT).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     return ImportResult(
-        "imported", out_dir, manifest["counts"], len(files), rejected, dict(sorted(converted.items()))
+        "imported",
+        out_dir,
+        manifest["counts"],
+        len(files),
+        rejected,
+        dict(sorted(converted.items())),
+        verdict.warnings,
+        verdict.can,
     )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tessera.errors import DataError
+from tessera.names import DEFAULT_SPLIT  # noqa: F401  (re-exported: the one default split)
 
 SPLIT_NAMES = ("train", "val", "test")
 
