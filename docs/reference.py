@@ -1,7 +1,11 @@
-"""Regenerate the README's command-line and configuration references from the code.
+"""Regenerate the README's command-line and configuration references, and the docs' settings tables,
+from the code.
 
-    .venv/bin/python docs/reference.py          # rewrite README.md between its markers
-    .venv/bin/python docs/reference.py --check  # exit 1 if README.md is stale (a test runs this)
+    .venv/bin/python docs/reference.py          # rewrite README.md and docs/*.md between their markers
+    .venv/bin/python docs/reference.py --check  # exit 1 if any of them is stale (a test runs this)
+
+In docs/*.md, ``<!-- CONFIG adapt -->`` ... ``<!-- /CONFIG adapt -->`` holds the table of one
+``params.yaml`` section, so no page can state a default the code does not have.
 
 The command reference walks the typer app; the configuration reference reads every step's
 ``Config`` dataclass (the comment beside each field is its meaning) and the values of the active
@@ -78,23 +82,44 @@ def config_reference() -> str:
         "",
     ]
     for section, cls in _section_classes().items():
-        lines += [f"### `{section}`", "", "| key | demo | cpu | gpu | meaning |", "|---|---|---|---|---|"]
-        comments = field_comments(cls)
-        for f in dataclasses.fields(cls):
-            default = (
-                f.default
-                if f.default is not dataclasses.MISSING
-                else (
-                    f.default_factory()
-                    if f.default_factory is not dataclasses.MISSING
-                    else dataclasses.MISSING
-                )
-            )
-            vals = [_fmt(presets[p].get(section, {}).get(f.name, default)) for p in ("demo", "cpu", "gpu")]
-            meaning = comments.get(f.name, "").replace("|", "\\|")
-            lines.append(f"| `{f.name}` | {' | '.join(vals)} | {meaning} |")
-        lines.append("")
+        lines += [f"### `{section}`", "", *section_table(section, cls, presets), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def section_table(section: str, cls: type, presets: dict[str, dict[str, Any]]) -> list[str]:
+    """The markdown table of one section: key, its value in each preset, its meaning."""
+    lines = ["| key | demo | cpu | gpu | meaning |", "|---|---|---|---|---|"]
+    comments = field_comments(cls)
+    for f in dataclasses.fields(cls):
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+            )
+        )
+        vals = [_fmt(presets[p].get(section, {}).get(f.name, default)) for p in ("demo", "cpu", "gpu")]
+        meaning = comments.get(f.name, "").replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {' | '.join(vals)} | {meaning} |")
+    return lines
+
+
+def render_doc(text: str) -> str:
+    """Fill every ``<!-- CONFIG <section> -->`` block of a docs page with that section's table."""
+    from tessera.config import load_params
+
+    sections = _section_classes()
+    wanted = re.findall(r"<!-- CONFIG (\w+) -->", text)
+    if not wanted:
+        return text
+    presets = {p: load_params(ROOT / "params.yaml", preset=p) for p in ("demo", "cpu", "gpu")}
+    for section in wanted:
+        body = "\n".join(section_table(section, sections[section], presets)) + "\n"
+        pattern = re.compile(rf"<!-- CONFIG {section} -->.*?<!-- /CONFIG {section} -->", re.S)
+        text = pattern.sub(
+            lambda _m, s=section, b=body: f"<!-- CONFIG {s} -->\n{b}<!-- /CONFIG {s} -->", text, count=1
+        )
+    return text
 
 
 def cli_reference() -> str:
@@ -142,14 +167,19 @@ def render(text: str) -> str:
 
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
-    current = README.read_text()
-    new = render(current)
-    if "--check" in argv:
+    pages = {README: render}
+    pages.update({p: render_doc for p in sorted((ROOT / "docs").glob("*.md"))})
+    stale = []
+    for path, fill in pages.items():
+        current = path.read_text()
+        new = fill(current)
         if new != current:
-            print("README.md is stale: run `.venv/bin/python docs/reference.py`")
-            return 1
-        return 0
-    README.write_text(new)
+            stale.append(path.relative_to(ROOT).as_posix())
+            if "--check" not in argv:
+                path.write_text(new)
+    if stale and "--check" in argv:
+        print(f"stale: {', '.join(stale)}: run `.venv/bin/python docs/reference.py`")
+        return 1
     return 0
 
 

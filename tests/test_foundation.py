@@ -117,7 +117,8 @@ def test_console_script_runs() -> None:
 
 
 def test_readme_references_are_current() -> None:
-    """README's command and configuration references are generated from the code: never stale."""
+    """README's command and configuration references and the docs' settings tables are generated from
+    the code (docs/reference.py): never stale."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "docs" / "reference.py"), "--check"],
         capture_output=True,

@@ -30,6 +30,12 @@ def test_a_short_joint_run_lowers_both_the_ssl_and_the_classification_loss(train
     assert history[-1]["ce"] < 0.8 * history[0]["ce"], history
     assert history[-1]["ssl"] < history[0]["ssl"], history  # MAE loss + rotation loss, together
     assert all(p.requires_grad for p in model.parameters())  # left as it found them
+    # the head's BatchNorm statistics are those of the trained encoder on the clean images
+    from tessera.models.embed import embed
+
+    feats = embed(model, as_tensor(x))
+    assert torch.allclose(model.head.bn.running_mean, feats.mean(0), atol=1e-5)
+    assert torch.allclose(model.head.bn.running_var, feats.var(0), rtol=1e-4, atol=1e-6)
 
 
 def test_the_vit_probe_trains_only_its_head_and_serves_through_batched_ttt() -> None:

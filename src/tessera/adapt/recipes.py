@@ -13,6 +13,11 @@
   trains its probe (main_prob.py there), crop + flip.
 
 :func:`train_recipe` returns one record per epoch (``ce``, ``ssl``) so a test can see both fall.
+When the encoder was trained (finetune, joint), the linear head's BatchNorm statistics are then
+re-estimated on the clean training images (:func:`recalibrate_head_bn`): its running averages
+followed augmented batches of a moving encoder, and the frozen model must not start from stale
+statistics that any test-time method would "fix" (measured: a 1-epoch joint run on the digits scored
+0.14 frozen against 0.75 with the test batch's statistics).
 """
 
 from __future__ import annotations
@@ -112,6 +117,21 @@ def _ssl_loss(model: TTTClassifier, x: torch.Tensor, recipe: str, s: RecipeSetti
     return loss
 
 
+@torch.no_grad()
+def recalibrate_head_bn(model: TTTClassifier, images: torch.Tensor, max_images: int = 5000) -> bool:
+    """Set the head's BatchNorm running statistics to those of ``images``' embeddings (at most
+    ``max_images``, the first ones); -> whether the head has such a BatchNorm."""
+    from tessera.models.embed import embed
+
+    bn = getattr(model.head, "bn", None)
+    if not isinstance(bn, nn.BatchNorm1d) or bn.running_mean is None or bn.running_var is None:
+        return False
+    feats = embed(model, images[:max_images])  # (n, D)
+    bn.running_mean.copy_(feats.mean(dim=0))
+    bn.running_var.copy_(feats.var(dim=0, unbiased=True))
+    return True
+
+
 def train_recipe(
     model: TTTClassifier,
     images: torch.Tensor,
@@ -176,4 +196,6 @@ def train_recipe(
         for p in model.parameters():
             p.requires_grad_(True)
         model.eval()
+    if recipe in ("finetune", "joint"):
+        recalibrate_head_bn(model, images)
     return history
