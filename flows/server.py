@@ -106,69 +106,74 @@ def start_server(port: int = 4200, timeout_s: float = 90.0) -> str:
     return api_url
 
 
-def _run(args: list[str], api_url: str) -> str:
-    done = subprocess.run(
-        [*_prefect(), *args], cwd=ROOT, env=_env(api_url), capture_output=True, text=True, timeout=300
-    )
+def _run(args: list[str], api_url: str, timeout_s: float = 300) -> str:
+    command = f"prefect {' '.join(args)}"
+    try:
+        done = subprocess.run(
+            [*_prefect(), *args],
+            cwd=ROOT,
+            env=_env(api_url),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"{command} (against {api_url}) did not finish in {timeout_s:g}s") from e
     if done.returncode != 0:
-        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{command} (against {api_url}) failed with exit code {done.returncode}:\n"
+            f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
     return done.stdout
 
 
+def _api(api_url: str, path: str, body: Any = None, timeout_s: float = 30.0) -> Any:
+    """One request to the Prefect REST API (GET, or POST with a JSON ``body``); the parsed answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{api_url}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as r:
+        return json.loads(r.read())
+
+
 def deploy_all(api_url: str, spec: Path = ROOT / "prefect.yaml") -> list[str]:
-    """Create the process work pool (if needed) and register every deployment in ``prefect.yaml``.
+    """Create the process work pool (if needed) and register every deployment in ``prefect.yaml``
+    with ``prefect --no-prompt deploy --all``; return their names (``flow/deployment``).
 
-    Registered through the Prefect client rather than ``prefect deploy``: with the pinned FastAPI the
-    server answers 422 to one request that command always sends (a worker filter with null paging).
+    The command runs in the project root with ``PREFECT_API_URL`` = ``api_url`` and ``TESSERA_ROOT``
+    set (the pull step's working directory). A server whose FastAPI is 0.151 or later answers 422 to
+    a request the command sends (a worker filter with null paging); Prefect 3.9 caps FastAPI below it.
     """
-    import asyncio
-
     import yaml
 
     with contextlib.suppress(RuntimeError):  # the pool already exists
         _run(["work-pool", "create", POOL, "--type", "process"], api_url)
-    text = spec.read_text().replace("{{ $TESSERA_ROOT }}", str(ROOT))
-    doc = yaml.safe_load(text)
-    os.environ["PREFECT_API_URL"] = api_url
-    return asyncio.run(_register(doc))
-
-
-async def _register(doc: dict) -> list[str]:  # type: ignore[type-arg]
-    import importlib
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import DeploymentScheduleCreate
-    from prefect.client.schemas.schedules import CronSchedule
-    from prefect.utilities.callables import parameter_schema
-
-    names = []
-    async with get_client() as client:
-        for d in doc["deployments"]:
-            module, _, attr = d["entrypoint"].partition(":")
-            flow_obj = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
-            flow_id = await client.create_flow_from_name(flow_obj.name)
-            schedules = [
-                DeploymentScheduleCreate(
-                    schedule=CronSchedule(cron=s["cron"], timezone=s.get("timezone", "UTC")),
-                    active=s.get("active", True),
-                )
-                for s in d.get("schedules") or []
-            ]
-            await client.create_deployment(
-                flow_id,
-                d["name"],
-                description=d.get("description"),
-                entrypoint=d["entrypoint"],
-                work_pool_name=d["work_pool"]["name"],
-                parameters=d.get("parameters") or {},
-                schedules=schedules,
-                concurrency_limit=d.get("concurrency_limit"),
-                path=str(ROOT),
-                pull_steps=doc.get("pull"),
-                parameter_openapi_schema=parameter_schema(flow_obj).model_dump(),
+    entries = (yaml.safe_load(spec.read_text()) or {}).get("deployments") or []
+    wanted = {d["name"]: d.get("entrypoint") for d in entries}
+    if not wanted:
+        raise RuntimeError(f"{spec} has no deployments")
+    try:
+        _run(["--no-prompt", "deploy", "--all", "--prefect-file", str(spec)], api_url)
+    except RuntimeError as e:
+        hint = ""
+        if "422" in str(e):
+            hint = (
+                "\n(a 422 from the server: its FastAPI is probably 0.151 or later, which Prefect "
+                "3.9 does not support; see requirements.lock)"
             )
-            names.append(f"{flow_obj.name}/{d['name']}")
-    return names
+        raise RuntimeError(f"registering the deployments of {spec} failed: {e}{hint}") from e
+    by_name = {"deployments": {"name": {"any_": list(wanted)}}, "limit": 200}
+    found = [d for d in _api(api_url, "/deployments/filter", by_name) if d["entrypoint"] == wanted[d["name"]]]
+    by_id = {"flows": {"id": {"any_": sorted({d["flow_id"] for d in found})}}, "limit": 200}
+    flows = {f["id"]: f["name"] for f in _api(api_url, "/flows/filter", by_id)} if found else {}
+    names = {d["name"]: f"{flows[d['flow_id']]}/{d['name']}" for d in found if d["flow_id"] in flows}
+    missing = [name for name in wanted if name not in names]
+    if missing:
+        raise RuntimeError(
+            f"prefect deploy --all exited 0 but {api_url} has no deployment {', '.join(missing)} of {spec}"
+        )
+    return [names[name] for name in wanted]
 
 
 def start_worker(api_url: str) -> int:
@@ -441,7 +446,7 @@ def crash_dead_flow_runs(by: str = "the next flow run") -> list[str]:
 
 def _read_all(read: Any, page: int = 200, **filters: Any) -> list[Any]:
     """Every row a ``read_flow_runs``/``read_task_runs`` filter matches, page by page (sort and limit
-    always given: the pinned FastAPI answers 422 to null paging)."""
+    always given: a server on FastAPI 0.151 or later answers 422 to null paging)."""
     from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 
     sort = TaskRunSort.ID_DESC if "task_run_filter" in filters else FlowRunSort.ID_DESC

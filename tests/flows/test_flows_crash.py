@@ -26,7 +26,7 @@ def _flow_runs_tagged(tag: str) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
     from prefect.client.schemas.sorting import FlowRunSort
 
-    with get_client(sync_client=True) as client:  # sort and limit given: null paging is a 422 here
+    with get_client(sync_client=True) as client:  # sort, limit: FastAPI 0.151+ gives 422 on nulls
         found = FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]))
         return client.read_flow_runs(flow_run_filter=found, sort=FlowRunSort.ID_DESC, limit=10)
 

@@ -120,13 +120,16 @@ def _ssl_loss(model: TTTClassifier, x: torch.Tensor, recipe: str, s: RecipeSetti
 @torch.no_grad()
 def recalibrate_head_bn(model: TTTClassifier, images: torch.Tensor, max_images: int = 5000) -> bool:
     """Set the head's BatchNorm running statistics to those of ``images``' embeddings (at most
-    ``max_images``, the first ones); -> whether the head has such a BatchNorm."""
+    ``max_images``, a seeded random subset: the images may be sorted by class); -> whether the head
+    has such a BatchNorm."""
     from tessera.models.embed import embed
 
     bn = getattr(model.head, "bn", None)
     if not isinstance(bn, nn.BatchNorm1d) or bn.running_mean is None or bn.running_var is None:
         return False
-    feats = embed(model, images[:max_images])  # (n, D)
+    if len(images) > max_images:
+        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:max_images]]
+    feats = embed(model, images)  # (n, D)
     bn.running_mean.copy_(feats.mean(dim=0))
     bn.running_var.copy_(feats.var(dim=0, unbiased=True))
     return True

@@ -94,8 +94,8 @@ def load_pretraining_images(root: str | Path) -> torch.Tensor:
         if pool.shape[0]:
             return pool
         raise DataError(
-            f"{root} has neither a train split nor an unlabelled pool: build or import the data first"
-            " (`tessera data build`, `tessera data import FOLDER --name NAME`)"
+            f"{root}/train not found, and no unlabelled pool ({root}/unlabeled): build or import the"
+            " data first (`tessera data build`, `tessera data import FOLDER --name NAME`)"
         )
     train, _, _ = load_split(root, "train")
     if pool.numel() and pool.shape[-2:] == train.shape[-2:]:
